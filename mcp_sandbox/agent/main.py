@@ -1,0 +1,74 @@
+"""The agent's entry point: set up the channel, serve requests, clean up on the way out.
+
+Started by a backend as ``python3 -I -c <bootstrap> <config json>`` inside the sandbox. It uses
+only the standard library and runs on Python >= 3.8, so any image with ``python3`` works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from typing import Any, Callable, Dict
+
+from .children import _PR_SET_PDEATHSIG, Children, prctl
+from .protocol import Connection, Handler, Request
+from .sessions import Sessions
+
+PROTOCOL_VERSION = 1
+
+
+def main() -> None:
+    config: Dict[str, Any] = json.loads(sys.argv[1])
+    # The channel keeps private copies of stdin/stdout; fd 0 and 1 then point elsewhere so that
+    # nothing the agent or a library prints can corrupt the protocol stream.
+    in_fd, out_fd = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    os.close(devnull)
+    # Without a pid namespace nothing else ends the sandbox when the server dies.
+    prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    asyncio.run(serve(config, in_fd, out_fd))
+
+
+def simple(fn: Callable[[Dict[str, Any]], Any]) -> Handler:
+    async def handler(request: Request) -> Any:
+        result = fn(request.params)
+        if asyncio.iscoroutine(result):
+            result = await result
+        return result
+
+    return handler
+
+
+async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    os.makedirs(config["state_dir"], exist_ok=True)
+    children = Children(config["sandbox_id"])
+    children.install(loop)
+    sessions = Sessions(children, config)
+
+    handlers: Dict[str, Handler] = {
+        "hello": simple(lambda p: {"protocol": PROTOCOL_VERSION, "pid": os.getpid(), "python": sys.version.split()[0]}),
+        "exec": sessions.exec,
+        "create_session": simple(sessions.create),
+        "list_sessions": simple(lambda p: sessions.list()),
+        "delete_session": simple(lambda p: sessions.delete(p["session_id"])),
+        "set_env_vars": simple(sessions.set_env),
+    }
+    connection = Connection(in_fd, out_fd, handlers)
+    stopping = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, lambda: stopping.done() or stopping.set_result(None))
+    serving = loop.create_task(connection.serve())
+    await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
+    # The host is gone or asked us to stop: nothing started in the sandbox may outlive us.
+    connection.cancel_all()
+    await asyncio.sleep(0)
+    children.kill(None, "")
+    serving.cancel()
+

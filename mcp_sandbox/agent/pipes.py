@@ -1,0 +1,65 @@
+"""Reading a child's pipe from the event loop without ever waiting for its EOF.
+
+A command can leave a background process holding its stdout (``server &``), so the end of a
+command is its exit, not EOF: the reader then takes what is already in the pipe and, detached,
+keeps discarding whatever comes later until the last writer closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+from typing import Optional, Tuple
+
+from .capture import Capture
+
+_F_SETPIPE_SZ = 1031
+_READ_SIZE = 1 << 20
+
+
+def make_pipe() -> Tuple[int, int]:
+    """A pipe with a 1 MiB buffer (fewer wake-ups for floods); returns (read_fd, write_fd)."""
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, _F_SETPIPE_SZ, _READ_SIZE)
+    except OSError:
+        pass
+    return r, w
+
+
+class PipeReader:
+    def __init__(self, fd: int, capture: Capture, *, live: bool = False) -> None:
+        self._fd = fd
+        self._capture: Optional[Capture] = capture
+        self._live = live
+        self._loop = asyncio.get_running_loop()
+        os.set_blocking(fd, False)
+        self._loop.add_reader(fd, self._read_available)
+        self.closed = self._loop.create_future()
+
+    def _read_available(self) -> None:
+        while not self.closed.done():
+            try:
+                data = os.read(self._fd, _READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close()
+                return
+            if self._capture is not None:
+                self._capture.feed(data, live=self._live)
+            if len(data) < _READ_SIZE:
+                return
+
+    def finish(self) -> None:
+        """Take what is in the pipe now, then stop capturing; later output is discarded."""
+        self._read_available()
+        self._capture = None
+
+    def _close(self) -> None:
+        self._loop.remove_reader(self._fd)
+        os.close(self._fd)
+        self.closed.set_result(None)

@@ -1,0 +1,116 @@
+"""The agent's side of the channel: JSON lines in on one fd, JSON lines out on another.
+
+Messages host -> agent: ``{"id": n, "method": m, "params": {...}}`` (a request) or
+``{"method": "cancel", "params": {"id": n}}``. Agent -> host: ``{"id": n, "result": ...}``,
+``{"id": n, "error": {"code": c, "message": s}}`` or a notification
+``{"method": m, "params": {"id": n, ...}}`` tied to a request still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any, Awaitable, Callable, Dict, Optional
+
+
+class AgentError(Exception):
+    """An error with a code from TOOLS.md, reported to the host as-is."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Request:
+    """One request being served; lets its handler send notifications tied to it."""
+
+    def __init__(self, conn: "Connection", request_id: int, params: Dict[str, Any]) -> None:
+        self.conn = conn
+        self.id = request_id
+        self.params = params
+
+    def notify(self, method: str, **params: Any) -> None:
+        params["id"] = self.id
+        self.conn.send({"method": method, "params": params})
+
+
+Handler = Callable[[Request], Awaitable[Any]]
+
+
+class Connection:
+    """Reads requests, runs each in its own task, writes responses; cancel kills a task."""
+
+    def __init__(self, in_fd: int, out_fd: int, handlers: Dict[str, Handler]) -> None:
+        self._in_fd = in_fd
+        self._out_fd = out_fd
+        self._handlers = handlers
+        self._tasks: Dict[int, "asyncio.Task[None]"] = {}
+        self._writer: Optional[asyncio.StreamWriter] = None
+        self._out_buffer: list = []
+
+    async def serve(self) -> None:
+        """Serve until the host closes its end of the channel."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 30)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(self._in_fd, "rb", 0))
+        transport, protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, os.fdopen(self._out_fd, "wb", 0)
+        )
+        self._writer = asyncio.StreamWriter(transport, protocol, None, loop)
+        for message in self._out_buffer:
+            self._writer.write(message)
+        self._out_buffer.clear()
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if message.get("method") == "cancel":
+                task = self._tasks.get(message.get("params", {}).get("id"))
+                if task is not None:
+                    task.cancel()
+                continue
+            request_id = message.get("id")
+            self._tasks[request_id] = loop.create_task(
+                self._run(Request(self, request_id, message.get("params") or {}), message.get("method"))
+            )
+            # Keep the host's big writes from piling up unboundedly behind a slow reader.
+            await self._writer.drain()
+
+    async def _run(self, request: Request, method: str) -> None:
+        try:
+            handler = self._handlers.get(method)
+            if handler is None:
+                raise AgentError("INVALID_ARGUMENT", "unknown agent method %r" % method)
+            result = await handler(request)
+            self.send({"id": request.id, "result": result})
+        except AgentError as exc:
+            self.send({"id": request.id, "error": {"code": exc.code, "message": exc.message}})
+        except asyncio.CancelledError:
+            self.send({"id": request.id, "error": {"code": "CANCELLED", "message": "cancelled"}})
+        except Exception as exc:  # a bug in the agent must not take the channel down
+            self.send({"id": request.id, "error": {"code": "INTERNAL", "message": "%s: %s" % (type(exc).__name__, exc)}})
+        finally:
+            self._tasks.pop(request.id, None)
+
+    def send(self, message: Dict[str, Any]) -> None:
+        data = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogateescape")
+        data += b"\n"
+        if self._writer is None:
+            self._out_buffer.append(data)
+        elif not self._writer.transport.is_closing():
+            self._writer.write(data)
+
+    async def drain(self) -> None:
+        """Wait until the host has taken what was written (for big streamed transfers)."""
+        if self._writer is not None:
+            await self._writer.drain()
+
+    def cancel_all(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()

@@ -1,0 +1,391 @@
+"""Shell sessions: every command a fresh bash that restores the session's saved state.
+
+A session is three files: ``vars`` (aliases, functions, variables with their attributes, umask
+and the ``cd`` back to the cwd, as bash prints them), ``opts`` (``set``/``shopt`` options, applied
+last so that ``set -e`` cannot stop the restore) and ``cwd``. A command's bash sources them, runs
+the command through ``eval`` so ``cd``/``export``/functions take effect, and an EXIT trap (so
+``exit N`` is covered) writes the new state next to the old. The agent adopts it only when the
+command ended by itself: a timeout or cancel kills one process group and loses nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional
+
+from .capture import Capture
+from .children import Children
+from .pipes import PipeReader, make_pipe
+from .protocol import AgentError, Request
+
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+TIMEOUT_EXIT_CODE = 124
+PROGRESS_INTERVAL = 0.25
+PROGRESS_MAX_BYTES = 16 * 1024
+KEPT_SPILL_FILES = 20
+
+# Variables that belong to one bash process and must not be carried to the next one.
+_VOLATILE = (
+    "BASH_ALIASES BASH_ARGC BASH_ARGV BASH_ARGV0 BASH_CMDS BASH_COMMAND BASH_EXECUTION_STRING "
+    "BASH_LINENO BASH_REMATCH BASH_SOURCE BASH_SUBSHELL BASHPID COMP_WORDBREAKS DIRSTACK "
+    "EPOCHREALTIME EPOCHSECONDS FUNCNAME GROUPS HISTCMD LINENO PIPESTATUS RANDOM SECONDS SHLVL "
+    "SRANDOM _ MCP_SANDBOX_JOB"
+)
+
+
+def sq(text: str) -> str:
+    """Quote for bash as one word."""
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def check_id(kind: str, value: str) -> str:
+    if not ID_RE.match(value):
+        raise AgentError(
+            "INVALID_ARGUMENT",
+            "%s id %r is not valid; use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+            % (kind, value),
+        )
+    return value
+
+
+def check_env(env: Optional[Dict[str, Any]]) -> Dict[str, Optional[str]]:
+    result: Dict[str, Optional[str]] = {}
+    for name, value in (env or {}).items():
+        if not ENV_NAME_RE.match(name):
+            raise AgentError("INVALID_ARGUMENT", "%r is not a valid environment variable name" % name)
+        if value is not None and "\0" in value:
+            raise AgentError("INVALID_ARGUMENT", "the value of %s contains a NUL byte" % name)
+        result[name] = value
+    return result
+
+
+def env_lines(env: Dict[str, Optional[str]]) -> str:
+    return "".join(
+        "builtin unset -v %s\n" % name if value is None else "builtin export %s=%s\n" % (name, sq(value))
+        for name, value in env.items()
+    )
+
+
+class Session:
+    def __init__(self, session_id: str, directory: str, cwd: str, timeout: Optional[float]) -> None:
+        self.id = session_id
+        self.dir = directory
+        self.cwd = cwd
+        self.timeout = timeout
+        self.created_at = time.time()
+        self.last_used_at = self.created_at
+        self.lock = asyncio.Lock()
+        self.running: Optional["asyncio.Task[Any]"] = None
+        self.commands = 0
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def info(self) -> Dict[str, Any]:
+        return {
+            "session_id": self.id,
+            "cwd": self.cwd,
+            "busy": self.lock.locked(),
+            "created_at": self.created_at,
+            "last_used_at": self.last_used_at,
+        }
+
+    def script(self, command: str, env: Dict[str, Optional[str]], cwd: Optional[str]) -> str:
+        """The bash program for one command; with a per-command cwd or env nothing is saved."""
+        lines = [
+            "builtin source %s 2>/dev/null" % sq(self.path("vars")),
+            "builtin unset -v __mcp_ec",
+            "builtin source %s 2>/dev/null" % sq(self.path("opts")),
+            "builtin shopt -s expand_aliases",
+        ]
+        if cwd is None and not env:
+            lines.append("builtin trap -- %s EXIT" % sq(self._save_trap()))
+        else:
+            if cwd is not None:
+                lines.append("builtin cd -- %s || builtin exit 1" % sq(cwd))
+            lines.append(env_lines(env).rstrip("\n"))
+        lines.append("builtin eval -- %s" % sq(command))
+        return "\n".join(line for line in lines if line) + "\n"
+
+    def _save_trap(self) -> str:
+        new = self.path("new.")
+        return "\n".join(
+            [
+                "__mcp_ec=$?",
+                "{ builtin set +o; builtin shopt -p; } >%s 2>/dev/null" % sq(new + "opts"),
+                "builtin set +e +u +o pipefail",
+                "{ builtin alias -p; builtin declare -f; } >%s 2>/dev/null" % sq(new + "vars"),
+                "builtin unset -v %s 2>/dev/null" % _VOLATILE,
+                "{ builtin declare -p; builtin umask -p; builtin printf 'builtin cd -- %%q\\n' \"$PWD\"; }"
+                " >>%s 2>/dev/null" % sq(new + "vars"),
+                "builtin printf '%%s' \"$PWD\" >%s" % sq(new + "cwd"),
+                "builtin exit \"$__mcp_ec\"",
+            ]
+        )
+
+    def adopt_new_state(self) -> None:
+        new = [self.path("new." + name) for name in ("opts", "vars", "cwd")]
+        if all(os.path.exists(p) for p in new):
+            for name in ("opts", "vars", "cwd"):
+                os.replace(self.path("new." + name), self.path(name))
+            with open(self.path("cwd"), "rb") as f:
+                self.cwd = f.read().decode("utf-8", "replace")
+        self.discard_new_state()
+
+    def discard_new_state(self) -> None:
+        for name in ("opts", "vars", "cwd"):
+            try:
+                os.unlink(self.path("new." + name))
+            except OSError:
+                pass
+
+    def write_initial_state(self, env: Dict[str, Optional[str]]) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        with open(self.path("vars"), "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(env_lines(env))
+            f.write("builtin cd -- %s\n" % sq(self.cwd))
+        with open(self.path("opts"), "w") as f:
+            f.write("")
+        with open(self.path("cwd"), "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(self.cwd)
+
+    def append_env(self, env: Dict[str, Optional[str]]) -> None:
+        with open(self.path("vars"), "a", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(env_lines(env))
+
+
+class Sessions:
+    """All sessions of the sandbox and the ``exec`` that runs in them."""
+
+    def __init__(self, children: Children, config: Dict[str, Any]) -> None:
+        self._children = children
+        self._workspace: str = config["workspace"]
+        self._base_env: Dict[str, str] = config["env"]
+        self._max_output: int = config["max_output"]
+        self._command_timeout: float = config["command_timeout"]
+        self._dir = os.path.join(config["state_dir"], "sessions")
+        self._output_dir = os.path.join(config["state_dir"], "output")
+        os.makedirs(self._output_dir, exist_ok=True)
+        self._spills: Deque[str] = deque()
+        self._bash = shutil.which("bash", path=self._base_env.get("PATH")) or "/bin/bash"
+        self.sessions: Dict[str, Session] = {}
+        self._minted = 0
+        self.create({"session_id": "default"})
+
+    def resolve_dir(self, path: Optional[str], base: Optional[str] = None) -> str:
+        """An existing directory, relative paths taken from ``base`` (default: the workspace)."""
+        full = os.path.normpath(os.path.join(base or self._workspace, path or "."))
+        if not os.path.exists(full):
+            raise AgentError("FILE_NOT_FOUND", "directory %s does not exist; create it first (mkdir)" % full)
+        if not os.path.isdir(full):
+            raise AgentError("NOT_DIRECTORY", "%s is not a directory" % full)
+        return full
+
+    def get(self, session_id: Optional[str]) -> Session:
+        session = self.sessions.get(session_id or "default")
+        if session is None:
+            raise AgentError(
+                "SESSION_NOT_FOUND",
+                "no session %r; sessions: %s; create it with create_session"
+                % (session_id, ", ".join(sorted(self.sessions))),
+            )
+        return session
+
+    def create(self, params: Dict[str, Any]) -> Dict[str, Any]:
+        session_id = params.get("session_id")
+        if session_id is None:
+            self._minted += 1
+            session_id = "session-%d" % self._minted
+            while session_id in self.sessions:
+                self._minted += 1
+                session_id = "session-%d" % self._minted
+        check_id("session", session_id)
+        if session_id in self.sessions:
+            raise AgentError(
+                "SESSION_ALREADY_EXISTS",
+                "session %r already exists; use it, or delete_session it first" % session_id,
+            )
+        env: Dict[str, Optional[str]] = dict(self._base_env)
+        env.update(check_env(params.get("env")))
+        timeout = params.get("timeout")
+        if timeout is not None and timeout <= 0:
+            raise AgentError("INVALID_ARGUMENT", "timeout must be a positive number of seconds")
+        session = Session(session_id, os.path.join(self._dir, session_id), self.resolve_dir(params.get("cwd")), timeout)
+        session.write_initial_state(env)
+        self.sessions[session_id] = session
+        return {"session_id": session_id, "cwd": session.cwd}
+
+    def list(self) -> Dict[str, Any]:
+        return {"sessions": [s.info() for s in self.sessions.values()]}
+
+    async def delete(self, session_id: str) -> Dict[str, Any]:
+        if session_id == "default":
+            raise AgentError("DEFAULT_SESSION", "the default session cannot be deleted; delete another session")
+        session = self.get(session_id)
+        del self.sessions[session_id]
+        if session.running is not None:
+            session.running.cancel()
+        self._children.kill(None, "exec:%s:" % session_id)
+        shutil.rmtree(session.dir, ignore_errors=True)
+        return {"session_id": session_id, "deleted": True}
+
+    async def set_env(self, params: Dict[str, Any]) -> Dict[str, Any]:
+        session = self.get(params.get("session_id"))
+        env = check_env(params.get("env"))
+        async with session.lock:
+            session.append_env(env)
+            session.last_used_at = time.time()
+        return {
+            "session_id": session.id,
+            "set": [k for k, v in env.items() if v is not None],
+            "unset": [k for k, v in env.items() if v is None],
+        }
+
+    async def exec(self, request: Request) -> Dict[str, Any]:
+        params = request.params
+        command: str = params["command"]
+        if "\0" in command:
+            raise AgentError("INVALID_ARGUMENT", "the command contains a NUL byte; pass binary data through a file")
+        session = self.get(params.get("session_id"))
+        env = check_env(params.get("env"))
+        stdin = params.get("stdin")
+        timeout = params.get("timeout") or session.timeout or self._command_timeout
+        async with session.lock:
+            if session.id not in self.sessions:
+                raise AgentError("SESSION_NOT_FOUND", "session %r was deleted while this command waited" % session.id)
+            cwd = self.resolve_dir(params["cwd"], session.cwd) if params.get("cwd") else None
+            session.running = asyncio.current_task()
+            session.last_used_at = time.time()
+            try:
+                return await self._run(request, session, command, env, cwd, stdin, float(timeout))
+            finally:
+                session.running = None
+                session.last_used_at = time.time()
+
+    async def _run(
+        self,
+        request: Request,
+        session: Session,
+        command: str,
+        env: Dict[str, Optional[str]],
+        cwd: Optional[str],
+        stdin: Optional[str],
+        timeout: float,
+    ) -> Dict[str, Any]:
+        session.commands += 1
+        tag = "exec:%s:%d;" % (session.id, session.commands)
+        stem = os.path.join(self._output_dir, "%s-%d" % (session.id, session.commands))
+        captures = {name: Capture(self._max_output, "%s.%s" % (stem, name)) for name in ("stdout", "stderr")}
+        live = bool(request.params.get("stream"))
+        readers = {}
+        fds = {}
+        for name in ("stdout", "stderr"):
+            r, w = make_pipe()
+            fds[name] = w
+            readers[name] = PipeReader(r, captures[name], live=live)
+        stdin_r = None
+        if stdin is not None:
+            stdin_r, stdin_w = os.pipe()
+        started = time.monotonic()
+        session.discard_new_state()
+        try:
+            pid, exited = self._children.spawn(
+                [self._bash, "--noprofile", "--norc", "-c", session.script(command, env, cwd), "bash"],
+                tag=tag,
+                env={"PATH": self._base_env.get("PATH", os.defpath)},
+                stdin=stdin_r if stdin_r is not None else subprocess.DEVNULL,
+                stdout=fds["stdout"],
+                stderr=fds["stderr"],
+            )
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+            if stdin_r is not None:
+                os.close(stdin_r)
+        if stdin is not None:
+            asyncio.get_running_loop().run_in_executor(None, _write_all, stdin_w, stdin.encode("utf-8", "surrogateescape"))
+        progress = asyncio.ensure_future(_progress(request, captures)) if live else None
+        timed_out = False
+        try:
+            try:
+                code = await asyncio.wait_for(asyncio.shield(exited), timeout)
+            except asyncio.TimeoutError:
+                timed_out = True
+                self._children.kill(pid, tag)
+                await exited
+                code = TIMEOUT_EXIT_CODE
+        except asyncio.CancelledError:
+            self._children.kill(pid, tag)
+            session.discard_new_state()
+            for reader in readers.values():
+                reader.finish()
+            raise
+        finally:
+            if progress is not None:
+                progress.cancel()
+        for reader in readers.values():
+            reader.finish()
+        if timed_out:
+            session.discard_new_state()
+        else:
+            session.adopt_new_state()
+        if code < 0:
+            code = 128 - code
+        result: Dict[str, Any] = {
+            "exit_code": code,
+            "success": code == 0,
+            "timed_out": timed_out,
+            "duration_ms": round((time.monotonic() - started) * 1000, 3),
+            "session_id": session.id,
+            "cwd": session.cwd,
+            "truncated": False,
+        }
+        for name, capture in captures.items():
+            text, truncated, path = capture.finish()
+            result[name] = text
+            result[name + "_file"] = path
+            if truncated:
+                result["truncated"] = True
+                self._keep_spill(path)
+        return result
+
+    def _keep_spill(self, path: Optional[str]) -> None:
+        if path is None:
+            return
+        self._spills.append(path)
+        while len(self._spills) > KEPT_SPILL_FILES:
+            try:
+                os.unlink(self._spills.popleft())
+            except OSError:
+                pass
+
+    def kill_all(self) -> None:
+        self._children.kill(None, "exec:")
+
+
+async def _progress(request: Request, captures: Dict[str, Capture]) -> None:
+    while True:
+        await asyncio.sleep(PROGRESS_INTERVAL)
+        for name, capture in captures.items():
+            data = capture.take_live(PROGRESS_MAX_BYTES)
+            if data:
+                request.notify("output", stream=name, data=data.decode("utf-8", "replace"), total=capture.total)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        pass  # the command exited without reading all of its stdin
+    finally:
+        os.close(fd)
+

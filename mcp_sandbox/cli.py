@@ -1,0 +1,109 @@
+"""Command line: ``mcp-sandbox [options]``; every option also reads MCP_SANDBOX_<NAME>."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from typing import Any, get_args
+
+import anyio
+from pydantic import ValidationError
+
+from . import __version__
+from .errors import SandboxError
+from .manager import SandboxManager
+from .server import build_server
+from .settings import Settings
+
+logger = logging.getLogger("mcp_sandbox")
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def env_name(field: str) -> str:
+    return "MCP_SANDBOX_" + field.upper()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mcp-sandbox",
+        description="An MCP server that gives LLMs sandboxes: persistent shell sessions, background "
+        "processes, files and Python/JavaScript code contexts, on local processes (bubblewrap) or Docker. "
+        "With no options it serves MCP over stdio with the best available backend.",
+        epilog="Every option can also be set with an environment variable MCP_SANDBOX_<NAME>, "
+        "e.g. MCP_SANDBOX_COMMAND_TIMEOUT=300.",
+    )
+    parser.add_argument("--version", action="version", version=f"mcp-sandbox {__version__}")
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{field.description} [env {env_name(name)}]"
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=name, action="store_true", default=None, help=help_text)
+            continue
+        choices = get_args(field.annotation) if "Literal" in str(field.annotation) else None
+        default = field.get_default(call_default_factory=True)
+        parser.add_argument(
+            flag, dest=name, default=None, choices=choices or None,
+            help=f"{help_text} (default: {default})" if default is not None else help_text,
+        )
+    return parser
+
+
+def load_settings(argv: list[str] | None = None) -> Settings:
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    for name, field in Settings.model_fields.items():
+        raw = os.environ.get(env_name(name))
+        if raw is not None and raw != "":
+            values[name] = raw.lower() in _TRUE if field.annotation is bool else raw
+        given = getattr(args, name)
+        if given is not None:
+            values[name] = given
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        build_parser().error(problems)
+        raise  # unreachable: error() exits
+
+
+async def serve(settings: Settings) -> None:
+    async with SandboxManager(settings) as manager:
+        server = build_server(manager)
+        async with anyio.create_task_group() as tg:
+
+            async def stop_on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                    async for signum in signals:
+                        logger.info("received %s; destroying all sandboxes", signal.Signals(signum).name)
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(stop_on_signal)
+            if settings.transport == "stdio":
+                await server.run_stdio_async()
+                logger.info("stdin closed; destroying all sandboxes")
+            else:
+                await server.run_streamable_http_async(host=settings.host, port=settings.port)
+            tg.cancel_scope.cancel()
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = load_settings(argv)
+    logging.basicConfig(
+        stream=sys.stderr, level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        anyio.run(serve, settings)
+    except SandboxError as exc:
+        logger.error("%s", exc)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        pass
+    # A thread may still be blocked reading stdin; cleanup is done, so do not wait for it.
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0)

@@ -1,0 +1,156 @@
+"""SandboxManager: owns every sandbox of a server, from creation to cleanup.
+
+It is an async context manager: whatever it created is destroyed when it exits, whatever the
+reason (stdin closed, a signal, an error), and each sandbox's channel reader runs in its task
+group so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from types import TracebackType
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .backends.base import AgentConfig, Backend, SandboxSpec
+from .channel import AgentChannel
+from .errors import SandboxError
+from .sandbox import Sandbox
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+AGENT_START_TIMEOUT = 60.0
+
+
+def make_backend(settings: Settings) -> Backend:
+    from .backends.local import LocalBackend
+
+    return LocalBackend(settings)
+
+
+class SandboxManager:
+    def __init__(self, settings: Settings | None = None, backend: Backend | None = None) -> None:
+        self.settings = settings or Settings()
+        self._backend = backend
+        self.sandboxes: dict[str, Sandbox] = {}
+        self._default_id: str | None = None
+        self._default_lock = anyio.Lock()
+        self._task_group: TaskGroup | None = None
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            raise RuntimeError("SandboxManager is not running; use 'async with SandboxManager(...)'")
+        return self._backend
+
+    @property
+    def allows_default(self) -> bool:
+        return self.settings.transport == "stdio" or self.settings.default_sandbox
+
+    async def __aenter__(self) -> SandboxManager:
+        if self._backend is None:
+            self._backend = await anyio.to_thread.run_sync(make_backend, self.settings)
+        await self._backend.reap_orphans()
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        with anyio.CancelScope(shield=True):
+            await self.destroy_all()
+        assert self._task_group is not None
+        self._task_group.cancel_scope.cancel()
+        return await self._task_group.__aexit__(exc_type, exc, tb)
+
+    async def create(self, *, env: dict[str, str] | None = None, network: bool = False) -> Sandbox:
+        if len(self.sandboxes) >= self.settings.max_sandboxes:
+            raise SandboxError(
+                "LIMIT_REACHED",
+                f"{len(self.sandboxes)} sandboxes are alive, the most this server allows (--max-sandboxes); "
+                "destroy one you no longer need",
+            )
+        if self._task_group is None:
+            raise RuntimeError("SandboxManager is not running; use 'async with SandboxManager(...)'")
+        sandbox_id = "sbx_" + secrets.token_hex(8)
+        network = bool(network and self.settings.network)
+        handle = await self.backend.start(
+            SandboxSpec(sandbox_id=sandbox_id, env=dict(env or {}), network=network),
+            AgentConfig(max_output=self.settings.max_output, command_timeout=self.settings.command_timeout),
+        )
+        channel = AgentChannel(handle.receive, handle.send, sandbox_id)
+        sandbox = Sandbox(sandbox_id, self.backend.name, handle, channel, network)
+        self.sandboxes[sandbox_id] = sandbox
+        self._task_group.start_soon(self._watch, sandbox)
+        try:
+            with anyio.fail_after(AGENT_START_TIMEOUT):
+                await channel.request("hello", {})
+        except (SandboxError, TimeoutError) as exc:
+            await self.destroy(sandbox_id)
+            raise SandboxError(
+                "BACKEND_UNAVAILABLE", f"the sandbox agent did not start ({exc}); check the server log"
+            ) from exc
+        logger.info("created sandbox %s (%s, isolation %s)", sandbox_id, self.backend.name, sandbox.isolation)
+        return sandbox
+
+    async def _watch(self, sandbox: Sandbox) -> None:
+        await sandbox.channel.run()
+        if self.sandboxes.get(sandbox.id) is sandbox:
+            logger.warning("sandbox %s stopped unexpectedly; removing it", sandbox.id)
+            await self.destroy(sandbox.id)
+
+    async def get(self, sandbox_id: str | None) -> Sandbox:
+        if sandbox_id is not None:
+            sandbox = self.sandboxes.get(sandbox_id)
+            if sandbox is None:
+                raise SandboxError(
+                    "SANDBOX_NOT_FOUND",
+                    f"no sandbox {sandbox_id!r} (it may have been destroyed or expired); "
+                    f"sandboxes: {', '.join(self.sandboxes) or 'none'}; create one with create_sandbox",
+                )
+            return sandbox
+        if not self.allows_default:
+            raise SandboxError(
+                "SANDBOX_REQUIRED",
+                "this server has no default sandbox; call create_sandbox and pass its sandbox_id",
+            )
+        async with self._default_lock:
+            if self._default_id is None or self._default_id not in self.sandboxes:
+                self._default_id = (await self.create()).id
+            return self.sandboxes[self._default_id]
+
+    async def destroy(self, sandbox_id: str) -> None:
+        sandbox = self.sandboxes.pop(sandbox_id, None)
+        if sandbox is None:
+            raise SandboxError("SANDBOX_NOT_FOUND", f"no sandbox {sandbox_id!r}; it may already be destroyed")
+        if self._default_id == sandbox_id:
+            self._default_id = None
+        with anyio.CancelScope(shield=True):
+            sandbox.channel.close("the sandbox was destroyed")
+            await sandbox.handle.destroy()
+        logger.info("destroyed sandbox %s", sandbox_id)
+
+    async def destroy_all(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for sandbox_id in list(self.sandboxes):
+                tg.start_soon(self._destroy_quietly, sandbox_id)
+
+    async def _destroy_quietly(self, sandbox_id: str) -> None:
+        try:
+            await self.destroy(sandbox_id)
+        except Exception:  # one failure must not stop the others' cleanup
+            logger.exception("failed to destroy sandbox %s", sandbox_id)
+
+    def limits(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "command_timeout": s.command_timeout,
+            "max_output": s.max_output,
+            "idle_timeout": s.idle_timeout,
+            "session_idle_timeout": s.session_idle_timeout,
+        }

@@ -1,0 +1,31 @@
+"""The MCP server: builds an MCPServer whose tools act on a SandboxManager."""
+
+from __future__ import annotations
+
+from mcp.server.mcpserver import MCPServer
+
+from . import __version__
+from .manager import SandboxManager
+from .tools import sandboxes, sessions
+
+INSTRUCTIONS = """\
+mcp-sandbox gives you a real Linux sandbox: a bash shell whose state persists, files, and more.
+- exec runs a bash command; cd/export/functions persist in its session. Non-zero exit codes are
+  results, not errors. Long output is cut, with the full text saved to a file in the sandbox.
+- Use create_session for parallel, independent shells (each has its own cwd and env).
+- Paths are relative to the session's cwd; the workspace directory is the place for your files.
+- Errors read 'CODE: what was wrong; what to do'.
+"""
+
+
+def build_server(manager: SandboxManager) -> MCPServer:
+    server = MCPServer(
+        "mcp-sandbox",
+        title="mcp-sandbox",
+        instructions=INSTRUCTIONS,
+        version=__version__,
+        log_level=manager.settings.log_level,
+    )
+    for module in (sandboxes, sessions):
+        module.register(server, manager)
+    return server

@@ -1,0 +1,45 @@
+"""Server settings: one pydantic model, filled from the command line and MCP_SANDBOX_* variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+def default_workspace_root() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "mcp-sandbox" / "sandboxes"
+
+
+class Settings(BaseModel):
+    transport: Literal["stdio", "http"] = Field("stdio", description="MCP transport: stdio, or streamable HTTP at /mcp.")
+    host: str = Field("127.0.0.1", description="HTTP: address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP: port to listen on.")
+    backend: Literal["auto", "local", "docker"] = Field(
+        "auto", description="Where sandboxes run: docker when an engine answers (auto), else local processes."
+    )
+    isolation: Literal["auto", "bwrap", "none"] = Field(
+        "auto", description="Local backend: bubblewrap when available (auto), or none (unisolated, for trusted use)."
+    )
+    image: str | None = Field(None, description="Docker backend: the sandbox image.")
+    workspace_root: Path = Field(
+        default_factory=default_workspace_root, description="Local backend: where sandbox directories are made."
+    )
+    network: bool = Field(False, description="Allow sandboxes network access (off by default).")
+    memory: str = Field("2g", description="Docker: memory limit per sandbox.")
+    cpus: float = Field(1.0, gt=0, description="Docker: CPU limit per sandbox.")
+    pids_limit: int = Field(512, gt=0, description="Docker: process limit per sandbox.")
+    runtime: str | None = Field(None, description="Docker: container runtime (e.g. runsc for gVisor).")
+    command_timeout: float = Field(120.0, gt=0, description="Default exec timeout in seconds.")
+    max_output: int = Field(30_000, ge=100, description="Characters of each output stream returned by a tool.")
+    idle_timeout: float = Field(1800.0, gt=0, description="Destroy a sandbox after this many seconds without use.")
+    session_idle_timeout: float = Field(
+        900.0, gt=0, description="Delete temporary sessions and code contexts after this many idle seconds."
+    )
+    max_sandboxes: int = Field(16, gt=0, description="Most sandboxes alive at once.")
+    default_sandbox: bool = Field(False, description="HTTP: give calls without sandbox_id a default sandbox.")
+    auth_token: str | None = Field(None, description="HTTP: bearer token required on every request.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field("INFO", description="Log level.")

@@ -1,0 +1,1 @@
+"""The MCP tools, one module per area of TOOLS.md; server.py registers them all."""

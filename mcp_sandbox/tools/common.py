@@ -1,0 +1,68 @@
+"""What every tool module shares: the sandbox_id parameter, error mapping, progress."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import CallToolResult, ContentBlock, TextContent
+from pydantic import BaseModel, Field
+
+from ..errors import SandboxError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+SandboxId = Annotated[
+    str | None,
+    Field(description="Sandbox to use; omit for the default sandbox (stdio), or pass the id from create_sandbox."),
+]
+SessionId = Annotated[
+    str | None, Field(description="Shell session to use; omit for the 'default' session.")
+]
+Env = Annotated[
+    dict[str, str] | None, Field(description="Environment variables, name to value.")
+]
+
+
+def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn SandboxError into the tool error text the model reads: ``CODE: message``."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except SandboxError as exc:
+            raise ToolError(f"{exc.code}: {exc.message}") from None
+
+    return wrapper
+
+
+def result(model: BaseModel, text: str, extra: list[ContentBlock] | None = None) -> CallToolResult:
+    """A tool result: readable text (and images) for the model, the model as structured content."""
+    return CallToolResult(
+        content=[TextContent(type="text", text=text), *(extra or [])],
+        structured_content=model.model_dump(mode="json"),
+    )
+
+
+Progress = Callable[[str, str, int], Awaitable[None]]
+
+
+def progress_reporter(ctx: Context) -> Progress:
+    """Forward new command output to the client as progress notifications.
+
+    The agent sends output at most four times a second; the SDK drops the notifications when
+    the client gave no progress token.
+    """
+    totals = {"stdout": 0, "stderr": 0}
+
+    async def report(stream: str, text: str, total: int) -> None:
+        totals[stream] = total  # progress must grow: report bytes of both streams together
+        await ctx.report_progress(sum(totals.values()), None, f"[{stream}] {text}" if stream == "stderr" else text)
+
+    return report
+

@@ -1,0 +1,74 @@
+"""Tools: create_sandbox, sandbox_info, destroy."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from mcp.server.mcpserver import MCPServer
+from mcp_types import CallToolResult, ToolAnnotations
+from pydantic import Field
+
+from ..manager import SandboxManager
+from ..models import Destroyed, Limits, SandboxCreated, SandboxInfo
+from ..sandbox import timestamp
+from .common import Env, SandboxId, result, tool_errors
+
+
+def register(server: MCPServer, manager: SandboxManager) -> None:
+    @server.tool(
+        annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False),
+    )
+    @tool_errors
+    async def create_sandbox(
+        env: Annotated[Env, Field(description="Environment variables for every command in the sandbox.")] = None,
+        network: Annotated[
+            bool, Field(description="Give the sandbox network access (only if the server was started with --network).")
+        ] = False,
+    ) -> Annotated[CallToolResult, SandboxCreated]:
+        """Create a new, empty sandbox and return its sandbox_id.
+
+        Use it to keep separate pieces of work apart, or when the server has no default sandbox
+        (HTTP). Pass the returned sandbox_id to every other tool. Sandboxes are destroyed after a
+        period without use, and all of them when the server stops.
+        """
+        sandbox = await manager.create(env=env, network=network)
+        model = SandboxCreated(
+            sandbox_id=sandbox.id, backend=sandbox.backend, isolation=sandbox.isolation,
+            workspace=sandbox.workspace, network=sandbox.network,
+        )
+        return result(
+            model,
+            f"Created sandbox {sandbox.id} ({sandbox.backend}, isolation {sandbox.isolation}); "
+            f"workspace {sandbox.workspace}; network {'on' if sandbox.network else 'off'}.",
+        )
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    @tool_errors
+    async def sandbox_info(sandbox_id: SandboxId = None) -> Annotated[CallToolResult, SandboxInfo]:
+        """Describe a sandbox: backend, isolation, workspace path, its sessions, processes and
+        code contexts, when it expires, and the limits in force."""
+        sandbox = await manager.get(sandbox_id)
+        sessions = await sandbox.list_sessions()
+        settings = manager.settings
+        model = SandboxInfo(
+            sandbox_id=sandbox.id, backend=sandbox.backend, isolation=sandbox.isolation,
+            workspace=sandbox.workspace, network=sandbox.network,
+            created_at=timestamp(sandbox.created_at),
+            idle_expires_at=timestamp(sandbox.last_used_at) + timedelta(seconds=settings.idle_timeout),
+            sessions=[s.session_id for s in sessions.sessions],
+            processes=[],
+            code_contexts=[],
+            limits=Limits(**manager.limits()),
+        )
+        return result(model, model.model_dump_json(indent=2))
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=False, openWorldHint=False))
+    @tool_errors
+    async def destroy(sandbox_id: SandboxId = None) -> Annotated[CallToolResult, Destroyed]:
+        """Destroy a sandbox: kill every command, process and interpreter in it and delete its
+        files. Irreversible. Without sandbox_id it destroys the default sandbox; the next call
+        without sandbox_id then gets a fresh one."""
+        sandbox = await manager.get(sandbox_id)
+        await manager.destroy(sandbox.id)
+        return result(Destroyed(sandbox_id=sandbox.id), f"Destroyed sandbox {sandbox.id}.")
