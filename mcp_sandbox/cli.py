@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         "processes, files and Python/JavaScript code contexts, on local processes (bubblewrap) or Docker. "
         "With no options it serves MCP over stdio with the best available backend.",
         epilog="Every option can also be set with an environment variable MCP_SANDBOX_<NAME>, "
-        "e.g. MCP_SANDBOX_COMMAND_TIMEOUT=300.",
+        "e.g. MCP_SANDBOX_COMMAND_TIMEOUT=300. 'mcp-sandbox image build' builds the Docker sandbox image.",
     )
     parser.add_argument("--version", action="version", version=f"mcp-sandbox {__version__}")
     for name, field in Settings.model_fields.items():
@@ -78,9 +78,12 @@ async def serve(settings: Settings) -> None:
             async def stop_on_signal() -> None:
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                     async for signum in signals:
+                        # The stdio transport reads stdin in a thread that a cancel cannot stop, so
+                        # clean up here and leave without waiting for it.
                         logger.info("received %s; destroying all sandboxes", signal.Signals(signum).name)
-                        tg.cancel_scope.cancel()
-                        return
+                        with anyio.CancelScope(shield=True):
+                            await manager.destroy_all()
+                        exit_now(0)
 
             tg.start_soon(stop_on_signal)
             if settings.transport == "stdio":
@@ -91,7 +94,35 @@ async def serve(settings: Settings) -> None:
             tg.cancel_scope.cancel()
 
 
+def exit_now(code: int) -> None:
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(code)
+
+
+def image_main(argv: list[str]) -> int:
+    """``mcp-sandbox image build``: build the project's sandbox image for the Docker backend."""
+    from .backends import docker
+
+    parser = argparse.ArgumentParser(prog="mcp-sandbox image", description="Manage the Docker sandbox image.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser(
+        "build", help=f"Build the sandbox image from the Dockerfile shipped with mcp-sandbox ({docker.IMAGES_DIR})."
+    )
+    build.add_argument("--tag", default=docker.PROJECT_IMAGE, help="Image name (default: %(default)s, the image the Docker backend prefers).")
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level="INFO", format="%(levelname)s: %(message)s")
+    try:
+        return docker.build_image(args.tag)
+    except SandboxError as exc:
+        logger.error("%s", exc)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> None:
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["image"]:
+        sys.exit(image_main(given[1:]))
     settings = load_settings(argv)
     logging.basicConfig(
         stream=sys.stderr, level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -104,6 +135,4 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         pass
     # A thread may still be blocked reading stdin; cleanup is done, so do not wait for it.
-    logging.shutdown()
-    sys.stdout.flush()
-    os._exit(0)
+    exit_now(0)

@@ -7,11 +7,13 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp_types import CallToolResult, ContentBlock, TextContent
 from pydantic import BaseModel, Field
 
 from ..errors import SandboxError
+from ..manager import SandboxManager
+from ..sandbox import Sandbox
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -39,6 +41,27 @@ def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             raise ToolError(f"{exc.code}: {exc.message}") from None
 
     return wrapper
+
+
+def resource_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn SandboxError into the resource error a client reads: ``CODE: message``."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except SandboxError as exc:
+            text = f"{exc.code}: {exc.message}"
+            if exc.code.endswith("_NOT_FOUND"):
+                raise ResourceNotFoundError(text) from None
+            raise ResourceError(text) from None
+
+    return wrapper
+
+
+async def resource_sandbox(manager: SandboxManager, sandbox_id: str) -> Sandbox:
+    """The sandbox a resource URI names; 'default' is the default sandbox."""
+    return await manager.get(None if sandbox_id == "default" else sandbox_id)
 
 
 def result(model: BaseModel, text: str, extra: list[ContentBlock] | None = None) -> CallToolResult:
