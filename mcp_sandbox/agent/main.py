@@ -14,6 +14,8 @@ import sys
 from typing import Any, Callable, Dict
 
 from .children import _PR_SET_PDEATHSIG, Children, prctl
+from .files import Files
+from .processes import Processes
 from .protocol import Connection, Handler, Request
 from .sessions import Sessions
 
@@ -22,6 +24,10 @@ PROTOCOL_VERSION = 1
 
 def main() -> None:
     config: Dict[str, Any] = json.loads(sys.argv[1])
+    if config.get("inherit_env"):
+        # In a container the image's environment (PATH, HOME, LANG, ...) is the lowest layer of
+        # every command's environment; only the agent can read it. The backend's env goes on top.
+        config["env"] = dict(os.environ, **config["env"])
     # The channel keeps private copies of stdin/stdout; fd 0 and 1 then point elsewhere so that
     # nothing the agent or a library prints can corrupt the protocol stream.
     in_fd, out_fd = os.dup(0), os.dup(1)
@@ -31,7 +37,9 @@ def main() -> None:
     os.close(devnull)
     # Without a pid namespace nothing else ends the sandbox when the server dies.
     prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A handler, not SIG_IGN: an ignored signal stays ignored in every child after exec, and then
+    # neither kill_process's INT nor a command's own trap on INT would work.
+    signal.signal(signal.SIGINT, lambda *_: None)
     asyncio.run(serve(config, in_fd, out_fd))
 
 
@@ -51,6 +59,9 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
     children = Children(config["sandbox_id"])
     children.install(loop)
     sessions = Sessions(children, config)
+    processes = Processes(children, sessions, config)
+    sessions.on_delete.append(processes.kill_session)
+    files = Files(sessions)
 
     handlers: Dict[str, Handler] = {
         "hello": simple(lambda p: {"protocol": PROTOCOL_VERSION, "pid": os.getpid(), "python": sys.version.split()[0]}),
@@ -59,11 +70,30 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
         "list_sessions": simple(lambda p: sessions.list()),
         "delete_session": simple(lambda p: sessions.delete(p["session_id"])),
         "set_env_vars": simple(sessions.set_env),
+        "start_process": simple(processes.start),
+        "list_processes": simple(processes.list),
+        "get_process": simple(processes.info),
+        "get_process_logs": simple(processes.logs),
+        "send_process_input": simple(processes.send_input),
+        "kill_process": simple(processes.kill),
+        "kill_all_processes": simple(processes.kill_all),
+        "write_file": simple(files.write),
+        "file_write_open": simple(files.write_open),
+        "file_write_chunk": simple(files.write_chunk),
+        "file_write_close": simple(files.write_close),
+        "read_file": simple(files.read),
+        "file_read_open": simple(files.read_open),
+        "file_read_chunk": simple(files.read_chunk),
+        "file_read_close": simple(files.read_close),
+        "list_files": simple(files.list),
+        "mkdir": simple(files.mkdir),
+        "delete_file": simple(files.delete),
+        "move_file": simple(files.move),
     }
     connection = Connection(in_fd, out_fd, handlers)
     stopping = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, lambda: stopping.done() or stopping.set_result(None))
+        loop.add_signal_handler(sig, _set_once, stopping)
     serving = loop.create_task(connection.serve())
     await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
     # The host is gone or asked us to stop: nothing started in the sandbox may outlive us.
@@ -72,3 +102,8 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
     children.kill(None, "")
     serving.cancel()
 
+
+
+def _set_once(future: "asyncio.Future[None]") -> None:
+    if not future.done():
+        future.set_result(None)

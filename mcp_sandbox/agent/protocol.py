@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from typing import Any, Awaitable, Callable, Dict, Optional
+from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 
 class AgentError(Exception):
@@ -48,7 +48,7 @@ class Connection:
         self._handlers = handlers
         self._tasks: Dict[int, "asyncio.Task[None]"] = {}
         self._writer: Optional[asyncio.StreamWriter] = None
-        self._out_buffer: list = []
+        self._out_buffer: List[bytes] = []
 
     async def serve(self) -> None:
         """Serve until the host closes its end of the channel."""

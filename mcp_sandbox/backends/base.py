@@ -26,10 +26,17 @@ class AgentConfig:
 class AgentHandle(Protocol):
     """A running agent: its byte streams, where it runs, and how to end it."""
 
-    receive: ByteReceiveStream
-    send: ByteSendStream
-    isolation: str
-    workspace: str
+    @property
+    def receive(self) -> ByteReceiveStream: ...
+
+    @property
+    def send(self) -> ByteSendStream: ...
+
+    @property
+    def isolation(self) -> str: ...
+
+    @property
+    def workspace(self) -> str: ...
 
     async def destroy(self) -> None:
         """Kill everything in the sandbox and remove it; safe to call twice."""

@@ -42,7 +42,7 @@ def bwrap_usable() -> bool:
     global _bwrap_usable
     if _bwrap_usable is None:
         exe = shutil.which("bwrap")
-        _bwrap_usable = bool(exe) and (
+        _bwrap_usable = exe is not None and (
             subprocess.run(
                 [exe, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "true"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10,

@@ -8,7 +8,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
-from mcp_types import CallToolResult, ContentBlock, TextContent
+from mcp_types import CallToolResult, ContentBlock, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from ..errors import SandboxError
@@ -17,6 +17,19 @@ from ..sandbox import Sandbox
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# Tool annotations, set honestly: nothing here reaches outside the sandbox except code a sandbox
+# with network access runs (see runs_code).
+READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+CREATES = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
+IDEMPOTENT = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+DESTRUCTIVE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False)
+
+
+def runs_code(network: bool) -> ToolAnnotations:
+    """For tools that run arbitrary code: it may overwrite files, and reach the world with network."""
+    return ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=network)
+
 
 SandboxId = Annotated[
     str | None,

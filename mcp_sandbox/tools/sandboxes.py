@@ -6,19 +6,17 @@ from datetime import timedelta
 from typing import Annotated
 
 from mcp.server.mcpserver import MCPServer
-from mcp_types import CallToolResult, ToolAnnotations
+from mcp_types import CallToolResult
 from pydantic import Field
 
 from ..manager import SandboxManager
 from ..models import Destroyed, Limits, SandboxCreated, SandboxInfo
 from ..sandbox import timestamp
-from .common import Env, SandboxId, result, tool_errors
+from .common import CREATES, DESTRUCTIVE, READ_ONLY, Env, SandboxId, result, tool_errors
 
 
 def register(server: MCPServer, manager: SandboxManager) -> None:
-    @server.tool(
-        annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False),
-    )
+    @server.tool(annotations=CREATES)
     @tool_errors
     async def create_sandbox(
         env: Annotated[Env, Field(description="Environment variables for every command in the sandbox.")] = None,
@@ -43,13 +41,14 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
             f"workspace {sandbox.workspace}; network {'on' if sandbox.network else 'off'}.",
         )
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    @server.tool(annotations=READ_ONLY)
     @tool_errors
     async def sandbox_info(sandbox_id: SandboxId = None) -> Annotated[CallToolResult, SandboxInfo]:
         """Describe a sandbox: backend, isolation, workspace path, its sessions, processes and
         code contexts, when it expires, and the limits in force."""
         sandbox = await manager.get(sandbox_id)
         sessions = await sandbox.list_sessions()
+        processes = await sandbox.list_processes()
         settings = manager.settings
         model = SandboxInfo(
             sandbox_id=sandbox.id, backend=sandbox.backend, isolation=sandbox.isolation,
@@ -57,13 +56,13 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
             created_at=timestamp(sandbox.created_at),
             idle_expires_at=timestamp(sandbox.last_used_at) + timedelta(seconds=settings.idle_timeout),
             sessions=[s.session_id for s in sessions.sessions],
-            processes=[],
+            processes=[p.process_id for p in processes.processes],
             code_contexts=[],
             limits=Limits(**manager.limits()),
         )
         return result(model, model.model_dump_json(indent=2))
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=False, openWorldHint=False))
+    @server.tool(annotations=DESTRUCTIVE)
     @tool_errors
     async def destroy(sandbox_id: SandboxId = None) -> Annotated[CallToolResult, Destroyed]:
         """Destroy a sandbox: kill every command, process and interpreter in it and delete its

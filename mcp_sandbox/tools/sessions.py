@@ -5,12 +5,24 @@ from __future__ import annotations
 from typing import Annotated
 
 from mcp.server.mcpserver import Context, MCPServer
-from mcp_types import CallToolResult, ToolAnnotations
+from mcp_types import CallToolResult
 from pydantic import Field
 
 from ..manager import SandboxManager
 from ..models import EnvVarsSet, ExecResult, SessionCreated, SessionDeleted, SessionList
-from .common import Env, SandboxId, SessionId, progress_reporter, result, tool_errors
+from .common import (
+    CREATES,
+    DESTRUCTIVE,
+    IDEMPOTENT,
+    READ_ONLY,
+    Env,
+    SandboxId,
+    SessionId,
+    progress_reporter,
+    result,
+    runs_code,
+    tool_errors,
+)
 
 Timeout = Annotated[float | None, Field(gt=0, description="Seconds before the command is killed.")]
 
@@ -31,7 +43,7 @@ def render_exec(r: ExecResult) -> str:
 
 
 def register(server: MCPServer, manager: SandboxManager) -> None:
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False))
+    @server.tool(annotations=runs_code(manager.settings.network))
     @tool_errors
     async def exec(
         command: Annotated[str, Field(description="A bash command line or script (multi-line is fine).")],
@@ -61,7 +73,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         )
         return result(r, render_exec(r))
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False))
+    @server.tool(annotations=CREATES)
     @tool_errors
     async def create_session(
         session_id: Annotated[
@@ -81,10 +93,10 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         e.g. a build and a test run side by side. Unused sessions expire after a while.
         """
         sandbox = await manager.get(sandbox_id)
-        r = await sandbox.create_session(session_id, cwd=cwd, env=env, timeout=timeout)
+        r = await sandbox.create_session(session_id, cwd=cwd, env=dict(env or {}), timeout=timeout)
         return result(r, f"Created session {r.session_id!r} in {r.cwd}.")
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    @server.tool(annotations=READ_ONLY)
     @tool_errors
     async def list_sessions(sandbox_id: SandboxId = None) -> Annotated[CallToolResult, SessionList]:
         """List the sandbox's shell sessions with their cwd and whether a command is running."""
@@ -96,7 +108,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         ]
         return result(r, "\n".join(lines))
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=False, openWorldHint=False))
+    @server.tool(annotations=DESTRUCTIVE)
     @tool_errors
     async def delete_session(
         session_id: Annotated[str, Field(description="The session to delete (not 'default').")],
@@ -108,7 +120,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         r = await sandbox.delete_session(session_id)
         return result(r, f"Deleted session {session_id!r}.")
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True, openWorldHint=False))
+    @server.tool(annotations=IDEMPOTENT)
     @tool_errors
     async def set_env_vars(
         env: Annotated[
