@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from . import __version__
 from .errors import SandboxError
+from .http import serve_http
 from .manager import SandboxManager
 from .server import build_server
 from .settings import Settings
@@ -90,7 +91,7 @@ async def serve(settings: Settings) -> None:
                 await server.run_stdio_async()
                 logger.info("stdin closed; destroying all sandboxes")
             else:
-                await server.run_streamable_http_async(host=settings.host, port=settings.port)
+                await serve_http(server, settings)
             tg.cancel_scope.cancel()
 
 
@@ -109,7 +110,9 @@ def image_main(argv: list[str]) -> int:
     build = commands.add_parser(
         "build", help=f"Build the sandbox image from the Dockerfile shipped with mcp-sandbox ({docker.IMAGES_DIR})."
     )
-    build.add_argument("--tag", default=docker.PROJECT_IMAGE, help="Image name (default: %(default)s, the image the Docker backend prefers).")
+    build.add_argument(
+        "--tag", default=docker.PROJECT_IMAGE, help="Image name (default: %(default)s, the image the Docker backend prefers)."
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level="INFO", format="%(levelname)s: %(message)s")
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from types import TracebackType
 from typing import Any
 
@@ -27,8 +28,18 @@ AGENT_START_TIMEOUT = 60.0
 
 
 def make_backend(settings: Settings) -> Backend:
+    """The backend the settings ask for; ``auto`` is Docker when an engine answers quickly."""
     from .backends.local import LocalBackend
 
+    if settings.backend != "local":
+        from .backends import docker
+
+        if settings.backend == "docker":
+            return docker.DockerBackend(settings)
+        client = docker.probe()
+        if client is not None:
+            return docker.DockerBackend(settings, client)
+        logger.info("no Docker engine answers; using the local backend")
     return LocalBackend(settings)
 
 
@@ -57,6 +68,7 @@ class SandboxManager:
         await self._backend.reap_orphans()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
+        self._task_group.start_soon(self._expire_idle)
         return self
 
     async def __aexit__(
@@ -81,7 +93,16 @@ class SandboxManager:
         network = bool(network and self.settings.network)
         handle = await self.backend.start(
             SandboxSpec(sandbox_id=sandbox_id, env=dict(env or {}), network=network),
-            AgentConfig(max_output=self.settings.max_output, command_timeout=self.settings.command_timeout),
+            AgentConfig(
+                max_output=self.settings.max_output,
+                command_timeout=self.settings.command_timeout,
+                session_idle_timeout=self.settings.session_idle_timeout,
+                limits={
+                    "max_sessions": self.settings.max_sessions,
+                    "max_processes": self.settings.max_processes,
+                    "max_code_contexts": self.settings.max_code_contexts,
+                },
+            ),
         )
         channel = AgentChannel(handle.receive, handle.send, sandbox_id)
         sandbox = Sandbox(sandbox_id, self.backend.name, handle, channel, network)
@@ -104,7 +125,24 @@ class SandboxManager:
             logger.warning("sandbox %s stopped unexpectedly; removing it", sandbox.id)
             await self.destroy(sandbox.id)
 
+    async def _expire_idle(self) -> None:
+        """Destroy sandboxes that saw no tool call for --idle-timeout (a running call is use)."""
+        idle = self.settings.idle_timeout
+        while True:
+            await anyio.sleep(min(5.0, idle / 4))
+            cutoff = time.time() - idle
+            for sandbox in list(self.sandboxes.values()):
+                if sandbox.active_calls == 0 and sandbox.last_used_at < cutoff:
+                    logger.info("sandbox %s was idle for %.0f s; destroying it", sandbox.id, idle)
+                    await self._destroy_quietly(sandbox.id)
+
     async def get(self, sandbox_id: str | None) -> Sandbox:
+        """The sandbox a tool call names (or the default one); the call counts as its use."""
+        sandbox = await self._find(sandbox_id)
+        sandbox.last_used_at = time.time()
+        return sandbox
+
+    async def _find(self, sandbox_id: str | None) -> Sandbox:
         if sandbox_id is not None:
             sandbox = self.sandboxes.get(sandbox_id)
             if sandbox is None:
@@ -153,4 +191,7 @@ class SandboxManager:
             "max_output": s.max_output,
             "idle_timeout": s.idle_timeout,
             "session_idle_timeout": s.session_idle_timeout,
+            "max_sessions": s.max_sessions,
+            "max_processes": s.max_processes,
+            "max_code_contexts": s.max_code_contexts,
         }

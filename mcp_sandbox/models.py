@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -12,6 +13,9 @@ class Limits(BaseModel):
     max_output: int = Field(description="Characters of each output stream returned.")
     idle_timeout: float = Field(description="Seconds without a tool call before the sandbox is destroyed.")
     session_idle_timeout: float = Field(description="Idle seconds before temporary sessions/contexts are deleted.")
+    max_sessions: int = Field(description="Most shell sessions in this sandbox.")
+    max_processes: int = Field(description="Most background processes running at once in this sandbox.")
+    max_code_contexts: int = Field(description="Most code contexts in this sandbox.")
     memory: str | None = Field(None, description="Memory limit (docker).")
     cpus: float | None = Field(None, description="CPU limit (docker).")
     pids_limit: int | None = Field(None, description="Process limit (docker).")
@@ -79,3 +83,103 @@ class EnvVarsSet(BaseModel):
     session_id: str
     set: list[str]
     unset: list[str]
+
+
+ProcessStatus = Literal["running", "completed", "failed", "killed", "error"]
+
+
+class ProcessInfo(BaseModel):
+    process_id: str
+    pid: int | None = Field(description="Its process id in the sandbox; null if it never started.")
+    command: str
+    session_id: str = Field(description="The session whose cwd and environment it started from.")
+    status: ProcessStatus = Field(
+        description="running; completed (exit 0); failed (other exit code); killed (ended by a signal "
+        "sent with kill_process, kill_all_processes or delete_session); error (could not start)."
+    )
+    exit_code: int | None = Field(description="Null while running; 128+N when ended by signal N.")
+    signal: str | None = Field(None, description="The signal that ended it (e.g. SIGTERM), if any.")
+    error: str | None = Field(None, description="Why it could not start (status error).")
+    started_at: datetime
+    ended_at: datetime | None = None
+    stdout_file: str = Field(description="Its whole stdout, as a file in the sandbox.")
+    stderr_file: str = Field(description="Its whole stderr, as a file in the sandbox.")
+
+
+class ProcessStarted(ProcessInfo):
+    pass
+
+
+class ProcessList(BaseModel):
+    processes: list[ProcessInfo]
+
+
+class ProcessLogs(ProcessInfo):
+    stdout: str
+    stderr: str
+    matched: str | None = Field(description="The first line that matched wait_for, or null.")
+    timed_out: bool = Field(description="The wait ended at its timeout before what was waited for happened.")
+    truncated: bool = Field(description="A stream was cut to --max-output characters; the whole is in its file.")
+
+
+class ProcessInputSent(BaseModel):
+    process_id: str
+    bytes_written: int
+
+
+class ProcessKilled(ProcessInfo):
+    pass
+
+
+class ProcessesKilled(BaseModel):
+    killed: int = Field(description="How many running processes were killed.")
+
+
+class FileWritten(BaseModel):
+    path: str = Field(description="Absolute path of the file written.")
+    bytes_written: int
+
+
+class FileContent(BaseModel):
+    path: str = Field(description="Absolute path of the file read.")
+    content: str
+    encoding: Literal["utf-8", "base64"]
+    size: int = Field(description="Size of the whole file, bytes.")
+    mime_type: str
+    truncated: bool = Field(description="The size cap cut the content; continue from next_offset.")
+    offset: int = Field(1, description="Line number (1-based) the content starts at.")
+    next_offset: int | None = Field(None, description="Pass as offset to read on; null when nothing follows.")
+
+
+FileType = Literal["file", "directory", "symlink", "other"]
+
+
+class FileEntry(BaseModel):
+    name: str
+    path: str = Field(description="Absolute path.")
+    type: FileType
+    size: int = Field(description="Bytes (of the link itself for a symlink).")
+    modified_at: datetime
+    mode: str = Field(description="Permission bits in octal, e.g. 0644.")
+    target: str | None = Field(None, description="Where a symlink points.")
+
+
+class FileList(BaseModel):
+    path: str = Field(description="Absolute path of the directory listed.")
+    files: list[FileEntry]
+    truncated: bool = Field(description="The list stopped at its cap of entries.")
+
+
+class DirectoryCreated(BaseModel):
+    path: str
+    created: bool = Field(True, description="False if it existed already (recursive).")
+
+
+class FileDeleted(BaseModel):
+    path: str
+    deleted: bool = True
+
+
+class FileMoved(BaseModel):
+    source: str
+    destination: str

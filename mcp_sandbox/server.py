@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from mcp.server.mcpserver import MCPServer
 
-from . import __version__
+from . import __version__, prompts
 from .manager import SandboxManager
-from .tools import sandboxes, sessions
+from .tools import files, processes, sandboxes, sessions
 
 INSTRUCTIONS = """\
 mcp-sandbox gives you a real Linux sandbox: a bash shell whose state persists, files, and more.
 - exec runs a bash command; cd/export/functions persist in its session. Non-zero exit codes are
   results, not errors. Long output is cut, with the full text saved to a file in the sandbox.
 - Use create_session for parallel, independent shells (each has its own cwd and env).
+- For servers and other long-running commands use start_process, then get_process_logs
+  (wait_for a line such as 'listening') and kill_process.
+- read_file/write_file/list_files handle files (images come back as images).
 - Paths are relative to the session's cwd; the workspace directory is the place for your files.
 - Errors read 'CODE: what was wrong; what to do'.
 """
@@ -26,6 +29,7 @@ def build_server(manager: SandboxManager) -> MCPServer:
         version=__version__,
         log_level=manager.settings.log_level,
     )
-    for module in (sandboxes, sessions):
+    for module in (sandboxes, sessions, processes, files):
         module.register(server, manager)
+    prompts.register(server)
     return server

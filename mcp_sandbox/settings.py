@@ -40,6 +40,9 @@ class Settings(BaseModel):
         900.0, gt=0, description="Delete temporary sessions and code contexts after this many idle seconds."
     )
     max_sandboxes: int = Field(16, gt=0, description="Most sandboxes alive at once.")
+    max_sessions: int = Field(32, gt=0, description="Most shell sessions per sandbox.")
+    max_processes: int = Field(64, gt=0, description="Most background processes running at once per sandbox.")
+    max_code_contexts: int = Field(8, gt=0, description="Most code contexts per sandbox.")
     default_sandbox: bool = Field(False, description="HTTP: give calls without sandbox_id a default sandbox.")
     auth_token: str | None = Field(None, description="HTTP: bearer token required on every request.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field("INFO", description="Log level.")

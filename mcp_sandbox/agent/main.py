@@ -11,7 +11,7 @@ import json
 import os
 import signal
 import sys
-from typing import Any, Callable, Dict
+from typing import Any, Awaitable, Callable, Dict, List
 
 from .children import _PR_SET_PDEATHSIG, Children, prctl
 from .files import Files
@@ -61,6 +61,7 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
     sessions = Sessions(children, config)
     processes = Processes(children, sessions, config)
     sessions.on_delete.append(processes.kill_session)
+    sessions.in_use.append(processes.session_busy)
     files = Files(sessions)
 
     handlers: Dict[str, Handler] = {
@@ -95,12 +96,22 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, _set_once, stopping)
     serving = loop.create_task(connection.serve())
+    janitor = loop.create_task(expire_idle(config.get("session_idle_timeout", 900.0), [sessions.expire_idle]))
     await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
     # The host is gone or asked us to stop: nothing started in the sandbox may outlive us.
     connection.cancel_all()
     await asyncio.sleep(0)
     children.kill(None, "")
     serving.cancel()
+    janitor.cancel()
+
+
+async def expire_idle(idle_seconds: float, expirers: List[Callable[[float], Awaitable[None]]]) -> None:
+    """Now and then, delete the temporary sessions and contexts nobody used for a while."""
+    while True:
+        await asyncio.sleep(min(10.0, idle_seconds / 4))
+        for expire in expirers:
+            await expire(idle_seconds)
 
 
 

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import time
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional
 
 from .capture import Capture
 from .children import Children
@@ -99,12 +99,7 @@ class Session:
 
     def script(self, command: str, env: Dict[str, Optional[str]], cwd: Optional[str]) -> str:
         """The bash program for one command; with a per-command cwd or env nothing is saved."""
-        lines = [
-            "builtin source %s 2>/dev/null" % sq(self.path("vars")),
-            "builtin unset -v __mcp_ec",
-            "builtin source %s 2>/dev/null" % sq(self.path("opts")),
-            "builtin shopt -s expand_aliases",
-        ]
+        lines = self._restore_lines()
         if cwd is None and not env:
             lines.append("builtin trap -- %s EXIT" % sq(self._save_trap()))
         else:
@@ -113,6 +108,23 @@ class Session:
             lines.append(env_lines(env).rstrip("\n"))
         lines.append("builtin eval -- %s" % sq(command))
         return "\n".join(line for line in lines if line) + "\n"
+
+    def background_script(self, command: str, env: Dict[str, Optional[str]], cwd: Optional[str]) -> str:
+        """The bash program for a background process: the session's state now, nothing saved back."""
+        lines = self._restore_lines()
+        if cwd is not None:
+            lines.append("builtin cd -- %s || builtin exit 1" % sq(cwd))
+        lines.append(env_lines(env).rstrip("\n"))
+        lines.append("builtin eval -- %s" % sq(command))
+        return "\n".join(line for line in lines if line) + "\n"
+
+    def _restore_lines(self) -> List[str]:
+        return [
+            "builtin source %s 2>/dev/null" % sq(self.path("vars")),
+            "builtin unset -v __mcp_ec",
+            "builtin source %s 2>/dev/null" % sq(self.path("opts")),
+            "builtin shopt -s expand_aliases",
+        ]
 
     def _save_trap(self) -> str:
         new = self.path("new.")
@@ -170,12 +182,17 @@ class Sessions:
         self._base_env: Dict[str, str] = config["env"]
         self._max_output: int = config["max_output"]
         self._command_timeout: float = config["command_timeout"]
+        self._max_sessions: int = config.get("limits", {}).get("max_sessions", 32)
         self._dir = os.path.join(config["state_dir"], "sessions")
         self._output_dir = os.path.join(config["state_dir"], "output")
         os.makedirs(self._output_dir, exist_ok=True)
         self._spills: Deque[str] = deque()
         self._bash = shutil.which("bash", path=self._base_env.get("PATH")) or "/bin/bash"
         self.sessions: Dict[str, Session] = {}
+        # Called with a session's id when it is deleted, to end what else belongs to it.
+        self.on_delete: List[Callable[[str], Awaitable[None]]] = []
+        # Asked before an idle session expires: True while something it started still runs.
+        self.in_use: List[Callable[[str], bool]] = []
         self._minted = 0
         self.create({"session_id": "default"})
 
@@ -207,6 +224,12 @@ class Sessions:
                 self._minted += 1
                 session_id = "session-%d" % self._minted
         check_id("session", session_id)
+        if len(self.sessions) >= self._max_sessions:
+            raise AgentError(
+                "LIMIT_REACHED",
+                "this sandbox has %d sessions, the most allowed; delete_session one you no longer need"
+                % len(self.sessions),
+            )
         if session_id in self.sessions:
             raise AgentError(
                 "SESSION_ALREADY_EXISTS",
@@ -233,6 +256,8 @@ class Sessions:
         if session.running is not None:
             session.running.cancel()
         self._children.kill(None, "exec:%s:" % session_id)
+        for hook in self.on_delete:
+            await hook(session_id)
         shutil.rmtree(session.dir, ignore_errors=True)
         return {"session_id": session_id, "deleted": True}
 
@@ -365,6 +390,14 @@ class Sessions:
                 os.unlink(self._spills.popleft())
             except OSError:
                 pass
+
+    async def expire_idle(self, idle_seconds: float) -> None:
+        """Delete sessions other than ``default`` that ran nothing for ``idle_seconds``."""
+        cutoff = time.time() - idle_seconds
+        for session in list(self.sessions.values()):
+            if session.id != "default" and not session.lock.locked() and session.last_used_at < cutoff:
+                if not any(check(session.id) for check in self.in_use):
+                    await self.delete(session.id)
 
     def kill_all(self) -> None:
         self._children.kill(None, "exec:")

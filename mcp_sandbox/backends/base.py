@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
@@ -21,6 +21,22 @@ class AgentConfig:
 
     max_output: int
     command_timeout: float
+    session_idle_timeout: float = 900.0
+    limits: dict[str, int] = field(default_factory=dict)  # max_sessions, max_processes, max_code_contexts
+
+    def for_agent(self, sandbox_id: str, workspace: str, env: dict[str, str], **extra: Any) -> dict[str, Any]:
+        """The JSON the agent is started with; paths are as seen inside the sandbox."""
+        return {
+            "sandbox_id": sandbox_id,
+            "workspace": workspace,
+            "state_dir": "/tmp/.mcp-sandbox",
+            "env": env,
+            "max_output": self.max_output,
+            "command_timeout": self.command_timeout,
+            "session_idle_timeout": self.session_idle_timeout,
+            "limits": self.limits,
+            **extra,
+        }
 
 
 class AgentHandle(Protocol):

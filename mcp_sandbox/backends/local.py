@@ -152,14 +152,9 @@ class LocalBackend:
             "TMPDIR": tmp,
         }
         env.update(spec.env)
-        agent_config = {
-            "sandbox_id": spec.sandbox_id,
-            "workspace": workspace,
-            "state_dir": os.path.join(tmp, ".mcp-sandbox"),
-            "env": env,
-            "max_output": config.max_output,
-            "command_timeout": config.command_timeout,
-        }
+        agent_config = config.for_agent(
+            spec.sandbox_id, workspace, env, state_dir=os.path.join(tmp, ".mcp-sandbox")
+        )
         command = [sys.executable, "-I", "-c", agent.BOOTSTRAP, AGENT_DIR, json.dumps(agent_config)]
         if self.isolation == "bwrap":
             command = self._bwrap_args(directory, spec.network and self.allow_network) + ["--"] + command
