@@ -108,6 +108,8 @@ if ! command -v debootstrap >/dev/null; then
 fi
 
 rootfs=$(mktemp -d /var/tmp/mcp-sandbox-rootfs.XXXXXX)
+# mktemp makes it 0700, which would keep apt's unprivileged _apt user out of the new root.
+chmod 0755 "$rootfs"
 cleanup() {
     # A failed debootstrap can leave /proc or /sys mounted inside the target; never recurse into them.
     local m

@@ -1,0 +1,227 @@
+"""Tools: start_process, list_processes, get_process_logs, send_process_input, kill_process,
+kill_all_processes; and the resource template for a process's log."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from mcp.server.mcpserver import MCPServer
+from mcp_types import CallToolResult, ToolAnnotations
+from pydantic import Field
+
+from ..errors import SandboxError
+from ..manager import SandboxManager
+from ..models import (
+    ProcessesKilled,
+    ProcessInfo,
+    ProcessInputSent,
+    ProcessKilled,
+    ProcessList,
+    ProcessLogs,
+    ProcessStarted,
+    ProcessStatus,
+)
+from .common import Env, SandboxId, SessionId, resource_errors, resource_sandbox, result, tool_errors
+
+ProcessId = Annotated[str, Field(description="The process, as start_process or list_processes named it.")]
+
+# Resources return a log whole up to this size; beyond it, its end.
+LOG_RESOURCE_MAX = 10 << 20
+
+
+def describe(p: ProcessInfo) -> str:
+    """One line: id, status, exit, pid, command."""
+    if p.status == "running":
+        state = "running"
+    elif p.status == "error":
+        state = f"error: {p.error}"
+    else:
+        state = f"{p.status}, exit code {p.exit_code}" + (f" ({p.signal})" if p.signal else "")
+    pid = f"pid {p.pid}" if p.pid is not None else "no pid"
+    return f"{p.process_id}: {state} · {pid} · {p.command}"
+
+
+def render_logs(r: ProcessLogs, wait_for: str | None, wait_for_exit: bool, tail: int | None) -> str:
+    parts = [describe(r)]
+    if wait_for is not None:
+        if r.matched is not None:
+            parts.append(f"matched: {r.matched}")
+        elif r.timed_out:
+            parts.append(f"no line matched {wait_for!r} before the timeout; the process is {r.status}")
+        else:
+            parts.append(f"no line matched {wait_for!r}; the process ended ({r.status})")
+    elif wait_for_exit and r.timed_out:
+        parts.append("still running at the timeout")
+    scope = f"last {tail} lines" if tail is not None else "whole log"
+    for name, text, path in (("stdout", r.stdout, r.stdout_file), ("stderr", r.stderr, r.stderr_file)):
+        if text:
+            parts.append(f"--- {name} ({scope}{'; cut, full log in ' + path if r.truncated else ''}) ---")
+            parts.append(text if text.endswith("\n") else text + "\n[no newline at end]")
+    if not r.stdout and not r.stderr:
+        parts.append("(no output yet)" if r.status == "running" else "(no output)")
+    return "\n".join(parts)
+
+
+def register(server: MCPServer, manager: SandboxManager) -> None:
+    @server.tool(
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+        )
+    )
+    @tool_errors
+    async def start_process(
+        command: Annotated[str, Field(description="A bash command line to run in the background.")],
+        process_id: Annotated[
+            str | None, Field(description="Name for the process (letters, digits, _ . -); omit to get one minted.")
+        ] = None,
+        session_id: SessionId = None,
+        cwd: Annotated[
+            str | None, Field(description="Directory to start in, absolute or relative to the session's cwd.")
+        ] = None,
+        env: Annotated[Env, Field(description="Extra environment variables for this process.")] = None,
+        sandbox_id: SandboxId = None,
+    ) -> Annotated[CallToolResult, ProcessStarted]:
+        """Start a long-running command in the background (a dev server, a watcher, a build) and
+        return at once with its process_id.
+
+        It starts from the session's current cwd, environment, functions and aliases; what it
+        changes does not flow back into the session. Its stdout and stderr are logged whole to files
+        in the sandbox (stdout_file/stderr_file). Use get_process_logs to read them or wait for a
+        line such as 'listening on' (wait_for) or for its exit (wait_for_exit), send_process_input to
+        write to its stdin, kill_process to stop it and everything it started. Status 'error' means
+        it could not start (the reason is in 'error'). For a command that finishes quickly, use exec.
+        """
+        sandbox = await manager.get(sandbox_id)
+        r = await sandbox.start_process(command, process_id=process_id, session_id=session_id, cwd=cwd, env=env)
+        if r.status == "error":
+            text = f"Process {r.process_id!r} could not start: {r.error}"
+        else:
+            text = (
+                f"Started process {r.process_id!r} (pid {r.pid}) from session {r.session_id!r}: {r.command}\n"
+                f"Read its output with get_process_logs (process_id={r.process_id!r}); "
+                f"logs: {r.stdout_file}, {r.stderr_file}."
+            )
+        return result(r, text)
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    @tool_errors
+    async def list_processes(
+        status: Annotated[ProcessStatus | None, Field(description="Only processes with this status.")] = None,
+        sandbox_id: SandboxId = None,
+    ) -> Annotated[CallToolResult, ProcessList]:
+        """List the sandbox's background processes (running and ended) with status, exit code and command."""
+        sandbox = await manager.get(sandbox_id)
+        r = await sandbox.list_processes(status)
+        text = "\n".join(describe(p) for p in r.processes) or (
+            f"No {status} processes." if status else "No processes; start one with start_process."
+        )
+        return result(r, text)
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    @tool_errors
+    async def get_process_logs(
+        process_id: ProcessId,
+        tail: Annotated[int | None, Field(ge=0, description="Only the last N lines of each stream.")] = None,
+        wait_for: Annotated[
+            str | None,
+            Field(
+                description="A regular expression (Python syntax) to wait for in the output, line by line; "
+                "what is already logged counts. The matching line comes back in 'matched'."
+            ),
+        ] = None,
+        wait_for_exit: Annotated[bool, Field(description="Wait until the process has ended.")] = False,
+        timeout: Annotated[
+            float | None, Field(ge=0, description="Seconds to wait for wait_for/wait_for_exit (default 30).")
+        ] = None,
+        sandbox_id: SandboxId = None,
+    ) -> Annotated[CallToolResult, ProcessLogs]:
+        """Read a background process's stdout and stderr and its status, optionally waiting first.
+
+        With wait_for, returns as soon as a line of stdout or stderr matches the regex (e.g.
+        'Listening on|ready'), when the process ends without one matching, or at the timeout;
+        with wait_for_exit, when it ends or at the timeout. A wait that runs out is not an error:
+        check 'matched', 'timed_out' and 'status'. Each stream comes back whole, or its last `tail`
+        lines, cut to the server's --max-output characters (head and tail kept, 'truncated' set);
+        the whole logs stay in stdout_file/stderr_file in the sandbox.
+        """
+        sandbox = await manager.get(sandbox_id)
+        r = await sandbox.get_process_logs(
+            process_id, tail=tail, wait_for=wait_for, wait_for_exit=wait_for_exit, timeout=timeout
+        )
+        return result(r, render_logs(r, wait_for, wait_for_exit, tail))
+
+    @server.tool(
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+        )
+    )
+    @tool_errors
+    async def send_process_input(
+        process_id: ProcessId,
+        data: Annotated[str, Field(description="Text to write to its stdin; include '\\n' to end a line.")],
+        eof: Annotated[bool, Field(description="Close its stdin after writing (end of input).")] = False,
+        sandbox_id: SandboxId = None,
+    ) -> Annotated[CallToolResult, ProcessInputSent]:
+        """Write text to a running background process's standard input (answer a prompt, feed a
+        REPL); with eof=true its stdin is closed afterwards, as Ctrl-D would. Read the reply with
+        get_process_logs (wait_for)."""
+        sandbox = await manager.get(sandbox_id)
+        r = await sandbox.send_process_input(process_id, data, eof=eof)
+        return result(r, f"Wrote {r.bytes_written} bytes to {r.process_id!r}{' and closed its stdin' if eof else ''}.")
+
+    @server.tool(
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
+        )
+    )
+    @tool_errors
+    async def kill_process(
+        process_id: ProcessId,
+        signal: Annotated[
+            str | int | None,
+            Field(description="Signal to send first: TERM (default), INT, HUP, QUIT, KILL, USR1, ... or a number."),
+        ] = None,
+        sandbox_id: SandboxId = None,
+    ) -> Annotated[CallToolResult, ProcessKilled]:
+        """Stop a background process and everything it started: sends the signal to the whole
+        process tree, and SIGKILL to whatever is left after 5 seconds. Returns once it has ended,
+        with status 'killed'. Its logs are kept."""
+        sandbox = await manager.get(sandbox_id)
+        r = await sandbox.kill_process(process_id, signal)
+        return result(r, describe(r))
+
+    @server.tool(
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
+        )
+    )
+    @tool_errors
+    async def kill_all_processes(sandbox_id: SandboxId = None) -> Annotated[CallToolResult, ProcessesKilled]:
+        """Stop every running background process of the sandbox (SIGTERM, then SIGKILL after 5 s),
+        with everything they started. Sessions and files are untouched."""
+        sandbox = await manager.get(sandbox_id)
+        r = await sandbox.kill_all_processes()
+        return result(r, f"Killed {r.killed} running process{'es' if r.killed != 1 else ''}.")
+
+    @server.resource(
+        "sandbox://{sandbox_id}/processes/{process_id}/{stream}",
+        name="process_log",
+        title="Background process log",
+        description="The stdout or stderr log of a background process (stream: stdout or stderr); "
+        "the last 10 MiB of a longer log. sandbox_id 'default' names the default sandbox.",
+        mime_type="text/plain",
+    )
+    @resource_errors
+    async def process_log(sandbox_id: str, process_id: str, stream: str) -> str:
+        sandbox = await resource_sandbox(manager, sandbox_id)
+        if stream not in ("stdout", "stderr"):
+            raise SandboxError("FILE_NOT_FOUND", f"no stream {stream!r}; use stdout or stderr")
+        process = await sandbox.get_process(process_id)
+        path = process.stdout_file if stream == "stdout" else process.stderr_file
+        data, size = await sandbox.read_file_tail(path, LOG_RESOURCE_MAX)
+        text = data.decode("utf-8", "replace")
+        if size > len(data):
+            # Start on a whole line (and character) after the cut.
+            text = text[text.find("\n") + 1 :]
+            text = f"[... the first {size - len(data)}+ bytes omitted; the whole log is in {path} ...]\n{text}"
+        return text
