@@ -24,7 +24,11 @@ class Settings(BaseModel):
     isolation: Literal["auto", "bwrap", "none"] = Field(
         "auto", description="Local backend: bubblewrap when available (auto), or none (unisolated, for trusted use)."
     )
-    image: str | None = Field(None, description="Docker backend: the sandbox image.")
+    image: str | None = Field(
+        None,
+        description="Docker backend: the sandbox image (default: mcp-sandbox:latest if built, see "
+        "'mcp-sandbox image build', else python:3.12-slim).",
+    )
     workspace_root: Path = Field(
         default_factory=default_workspace_root, description="Local backend: where sandbox directories are made."
     )

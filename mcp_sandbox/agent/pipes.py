@@ -56,8 +56,15 @@ class PipeReader:
 
     def finish(self) -> None:
         """Take what is in the pipe now, then stop capturing; later output is discarded."""
+        self.redirect(None)
+
+    def redirect(self, capture: Optional[Capture]) -> None:
+        """Take what is in the pipe now, then feed later output to ``capture`` (None: discard).
+
+        For a pipe that outlives one request, such as a code context's interpreter output.
+        """
         self._read_available()
-        self._capture = None
+        self._capture = capture
 
     def _close(self) -> None:
         self._loop.remove_reader(self._fd)
