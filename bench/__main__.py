@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from . import shell
+from . import code, files, scale, shell
 from .config import Config
 from .harness import Report
 
@@ -18,6 +18,10 @@ CASES: dict[str, Case] = {
     "lifecycle": shell.cold_start_and_destroy,
     "output": shell.big_output,
     "parallel": shell.parallel_sessions,
+    "files": files.small_file_over_mcp,
+    "bigfile": files.big_file,
+    "code": code.run_code,
+    "scale": scale.many_sandboxes,
 }
 
 

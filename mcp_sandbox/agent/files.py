@@ -178,7 +178,20 @@ class Files:
 
     def write_chunk(self, params: Dict[str, Any]) -> Dict[str, Any]:
         data = decode_base64(params.get("data") or "")
-        self._append(params.get("handle"), data)
+        offset = params.get("offset")
+        if offset is None:
+            self._append(params.get("handle"), data)
+        else:
+            # The host sends several chunks at once; each says where it goes.
+            write = self._writes.get(str(params.get("handle")))
+            if write is None:
+                raise AgentError("INVALID_ARGUMENT", "no file being written with handle %r" % params.get("handle"))
+            try:
+                write.file.flush()
+                os.pwrite(write.file.fileno(), data, int(offset))
+            except OSError as exc:
+                raise os_error(exc, write.target)
+            write.written += len(data)
         return {"bytes": len(data)}
 
     def _append(self, handle: Any, data: bytes) -> None:

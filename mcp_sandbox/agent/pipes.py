@@ -18,13 +18,18 @@ _F_SETPIPE_SZ = 1031
 _READ_SIZE = 1 << 20
 
 
-def make_pipe() -> Tuple[int, int]:
-    """A pipe with a 1 MiB buffer (fewer wake-ups for floods); returns (read_fd, write_fd)."""
-    r, w = os.pipe()
+def enlarge_pipe(fd: int) -> None:
+    """Give a pipe a 1 MiB buffer (fewer wake-ups for floods); not a pipe: nothing happens."""
     try:
-        fcntl.fcntl(w, _F_SETPIPE_SZ, _READ_SIZE)
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, _READ_SIZE)
     except OSError:
         pass
+
+
+def make_pipe() -> Tuple[int, int]:
+    """A pipe with a 1 MiB buffer; returns (read_fd, write_fd)."""
+    r, w = os.pipe()
+    enlarge_pipe(w)
     return r, w
 
 
