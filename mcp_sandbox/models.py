@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -183,3 +183,64 @@ class FileDeleted(BaseModel):
 class FileMoved(BaseModel):
     source: str
     destination: str
+
+
+Language = Literal["python", "javascript", "typescript"]
+
+
+class CodeContextCreated(BaseModel):
+    context_id: str
+    language: Language
+    cwd: str = Field(description="The interpreter's working directory.")
+    engine: str = Field(description="ipython (IPython semantics), python (plain-Python fallback) or node.")
+    version: str = Field(description="The interpreter's version.")
+
+
+class CodeError(BaseModel):
+    name: str = Field(description="The exception's type, e.g. ZeroDivisionError, KeyboardInterrupt, TypeError.")
+    value: str = Field(description="Its message.")
+    traceback: list[str] = Field(description="The traceback, one line per item.")
+
+
+class CodeResult(BaseModel):
+    context_id: str
+    language: Language
+    stdout: str
+    stderr: str
+    results: list[dict[str, Any]] = Field(
+        description="What the code displayed, in order: the last expression's value and each display(), "
+        "as {MIME type: data} bundles (text/plain, text/html, text/markdown, text/latex, application/json, "
+        "image/svg+xml; image/png and image/jpeg as base64)."
+    )
+    error: CodeError | None = Field(description="The exception that ended the code, or null.")
+    execution_count: int | None = Field(description="The run's number in its interpreter; null if the code did not run.")
+    duration_ms: float
+    timed_out: bool = Field(description="The code ran past its timeout and was interrupted.")
+    restarted: bool = Field(
+        False, description="The context's interpreter was replaced by a fresh one: its variables, imports and "
+        "definitions are gone (error says why)."
+    )
+    truncated: bool = Field(False, description="Output was cut; the full output is in stdout_file/stderr_file.")
+    stdout_file: str | None = None
+    stderr_file: str | None = None
+
+
+class CodeContextInfo(BaseModel):
+    context_id: str
+    language: Language
+    cwd: str
+    created_at: datetime
+    last_used_at: datetime
+    busy: bool = Field(False, description="Code is running in it.")
+    default: bool = Field(False, description="The language's default context (it never expires).")
+    engine: str | None = Field(None, description="ipython, python or node; null before its first run.")
+    pid: int | None = Field(None, description="The interpreter's process id in the sandbox, while it runs.")
+
+
+class CodeContextList(BaseModel):
+    contexts: list[CodeContextInfo]
+
+
+class CodeContextDeleted(BaseModel):
+    context_id: str
+    deleted: bool = True

@@ -6,7 +6,7 @@ from mcp.server.mcpserver import MCPServer
 
 from . import __version__, prompts
 from .manager import SandboxManager
-from .tools import files, processes, sandboxes, sessions
+from .tools import code, files, processes, sandboxes, sessions
 
 INSTRUCTIONS = """\
 mcp-sandbox gives you a real Linux sandbox: a bash shell whose state persists, files, and more.
@@ -16,6 +16,8 @@ mcp-sandbox gives you a real Linux sandbox: a bash shell whose state persists, f
 - For servers and other long-running commands use start_process, then get_process_logs
   (wait_for a line such as 'listening') and kill_process.
 - read_file/write_file/list_files handle files (images come back as images).
+- run_code runs Python or JavaScript in a persistent interpreter, like a notebook cell: variables
+  persist, the last expression and matplotlib figures come back as results (plots as images).
 - Paths are relative to the session's cwd; the workspace directory is the place for your files.
 - Errors read 'CODE: what was wrong; what to do'.
 """
@@ -29,7 +31,7 @@ def build_server(manager: SandboxManager) -> MCPServer:
         version=__version__,
         log_level=manager.settings.log_level,
     )
-    for module in (sandboxes, sessions, processes, files):
+    for module in (sandboxes, sessions, processes, files, code):
         module.register(server, manager)
     prompts.register(server)
     return server

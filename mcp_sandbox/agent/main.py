@@ -13,7 +13,9 @@ import signal
 import sys
 from typing import Any, Awaitable, Callable, Dict, List
 
+from .pipes import enlarge_pipe
 from .children import _PR_SET_PDEATHSIG, Children, prctl
+from .contexts import Contexts
 from .files import Files
 from .processes import Processes
 from .protocol import Connection, Handler, Request
@@ -31,6 +33,8 @@ def main() -> None:
     # The channel keeps private copies of stdin/stdout; fd 0 and 1 then point elsewhere so that
     # nothing the agent or a library prints can corrupt the protocol stream.
     in_fd, out_fd = os.dup(0), os.dup(1)
+    for fd in (in_fd, out_fd):
+        enlarge_pipe(fd)  # file chunks are ~1.4 MB lines: fewer round trips through a 64 KiB pipe
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(2, 1)
@@ -63,6 +67,7 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
     sessions.on_delete.append(processes.kill_session)
     sessions.in_use.append(processes.session_busy)
     files = Files(sessions)
+    contexts = Contexts(children, sessions, config)
 
     handlers: Dict[str, Handler] = {
         "hello": simple(lambda p: {"protocol": PROTOCOL_VERSION, "pid": os.getpid(), "python": sys.version.split()[0]}),
@@ -90,13 +95,19 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
         "mkdir": simple(files.mkdir),
         "delete_file": simple(files.delete),
         "move_file": simple(files.move),
+        "create_code_context": simple(contexts.create),
+        "run_code": contexts.run,
+        "list_code_contexts": simple(lambda p: contexts.list()),
+        "delete_code_context": simple(lambda p: contexts.delete(p["context_id"])),
     }
     connection = Connection(in_fd, out_fd, handlers)
     stopping = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, _set_once, stopping)
     serving = loop.create_task(connection.serve())
-    janitor = loop.create_task(expire_idle(config.get("session_idle_timeout", 900.0), [sessions.expire_idle]))
+    janitor = loop.create_task(
+        expire_idle(config.get("session_idle_timeout", 900.0), [sessions.expire_idle, contexts.expire_idle])
+    )
     await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
     # The host is gone or asked us to stop: nothing started in the sandbox may outlive us.
     connection.cancel_all()

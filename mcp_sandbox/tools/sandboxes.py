@@ -49,6 +49,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         sandbox = await manager.get(sandbox_id)
         sessions = await sandbox.list_sessions()
         processes = await sandbox.list_processes()
+        contexts = await sandbox.list_code_contexts()
         settings = manager.settings
         model = SandboxInfo(
             sandbox_id=sandbox.id, backend=sandbox.backend, isolation=sandbox.isolation,
@@ -57,7 +58,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
             idle_expires_at=timestamp(sandbox.last_used_at) + timedelta(seconds=settings.idle_timeout),
             sessions=[s.session_id for s in sessions.sessions],
             processes=[p.process_id for p in processes.processes],
-            code_contexts=[],
+            code_contexts=[c.context_id for c in contexts.contexts],
             limits=Limits(**manager.limits()),
         )
         return result(model, model.model_dump_json(indent=2))

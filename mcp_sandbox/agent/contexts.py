@@ -1,0 +1,670 @@
+"""Code contexts: a persistent interpreter per context, each a worker process of its own.
+
+A context's worker (``workers/python_worker.py`` or ``workers/node_worker.js``; their docstrings
+give the protocol) runs on the sandbox's own ``python3`` or ``node``, found on the context's PATH,
+so user code sees the sandbox's packages. It leads its own process group and carries the tag
+``ctx:<id>:<n>;``, so killing it reaches everything it started. Its control pipes sit at fds 3
+and 4; its stdout and stderr are pipes read for the worker's whole life into one pair of captures
+per run, so output printed between runs (by a thread or a timer) opens the next run's output.
+Runs in one context are serialised by a lock; contexts run in parallel.
+
+At the timeout, or when the host cancels, the worker's process group gets SIGINT: a
+KeyboardInterrupt in Python, an interrupted evaluation in Node.js, and, as with Ctrl-C in a
+terminal, the end of the cell's foreground child processes. A worker that does not answer within
+INTERRUPT_GRACE seconds is killed with its tree and replaced, and the result says so. A worker that
+dies otherwise is noticed by the next run, which reports the loss rather than run code against a
+state that is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Set, Tuple
+
+from .capture import Capture
+from .children import Children
+from .pipes import PipeReader, make_pipe
+from .protocol import AgentError, Request
+from .sessions import Sessions, _progress, check_env, check_id
+
+WORKERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers")
+LANGUAGES = ("python", "javascript", "typescript")
+ALIASES = {
+    "py": "python", "python3": "python", "ipython": "python",
+    "js": "javascript", "node": "javascript", "nodejs": "javascript",
+    "ts": "typescript",
+}
+DEFAULT_TIMEOUT = 120.0
+# How long an interrupted run may take to stop before its interpreter is killed and replaced.
+INTERRUPT_GRACE = 3.0
+START_TIMEOUT = 60.0
+# After a worker's exit, how long its last control message may still take to arrive.
+EXIT_GRACE = 0.5
+KEPT_SPILL_FILES = 20
+STREAMS = ("stdout", "stderr")
+# The workers expect their control pipes at fds 3 and 4, which the agent cannot hand over at
+# those numbers (its own channel may sit there). This runs first, on the agent's interpreter:
+# it moves the pipes into place and becomes the worker (same pid, same process group).
+_PLACE_CONTROL_FDS = (
+    "import os, sys\n"
+    "os.dup2(int(sys.argv[1]), 3)\n"
+    "os.dup2(int(sys.argv[2]), 4)\n"
+    "os.close(int(sys.argv[1]))\n"
+    "os.close(int(sys.argv[2]))\n"
+    "os.execv(sys.argv[3], sys.argv[3:])\n"
+)
+# Where the control pipes' child ends are moved before the fork: above 4, so that placing one
+# can never overwrite the other.
+_HIGH_FD = 10
+
+Message = Dict[str, Any]
+Captures = Dict[str, Capture]
+
+
+def normalise_language(value: Any) -> str:
+    language = str(value).strip().lower()
+    language = ALIASES.get(language, language)
+    if language not in LANGUAGES:
+        raise AgentError(
+            "INVALID_ARGUMENT", "language %r is not supported; use python, javascript or typescript" % (value,)
+        )
+    return language
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return "was killed by signal %s" % signal.Signals(-code).name
+        except ValueError:
+            return "was killed by signal %d" % -code
+    return "exited with code %d" % code
+
+
+class Worker:
+    """One running interpreter: its process, control pipes and output."""
+
+    def __init__(
+        self,
+        pid: int,
+        exited: "asyncio.Future[int]",
+        tag: str,
+        executable: str,
+        readers: Dict[str, PipeReader],
+        captures: Captures,
+    ) -> None:
+        self.pid = pid
+        self.exited = exited
+        self.tag = tag
+        self.executable = executable
+        self.readers = readers
+        self.captures: Optional[Captures] = captures
+        self.engine = ""
+        self.version = ""
+        self.closed = False
+        self._control_in: Optional[asyncio.StreamWriter] = None
+        self._control_out: Optional[asyncio.StreamReader] = None
+        self._read_transport: Optional[asyncio.BaseTransport] = None
+        self._pending: Optional["asyncio.Future[Optional[Message]]"] = None
+
+    async def connect(self, control_in_fd: int, control_out_fd: int) -> None:
+        loop = asyncio.get_running_loop()
+        # Results carry images as base64: allow long lines.
+        self._control_out = asyncio.StreamReader(limit=1 << 30)
+        reader = self._control_out
+        self._read_transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(control_out_fd, "rb", 0)
+        )
+        transport, protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, os.fdopen(control_in_fd, "wb", 0)
+        )
+        self._control_in = asyncio.StreamWriter(transport, protocol, None, loop)
+
+    @property
+    def alive(self) -> bool:
+        return not self.closed and not self.exited.done()
+
+    async def send(self, message: Message) -> bool:
+        """Write one control message; False if the worker cannot take it any more."""
+        writer = self._control_in
+        if writer is None or writer.transport.is_closing():
+            return False
+        try:
+            writer.write((json.dumps(message) + "\n").encode("utf-8", "surrogatepass"))
+            await writer.drain()
+        except (OSError, RuntimeError):
+            return False
+        return True
+
+    async def wait_for(self, kind: str, timeout: float) -> Tuple[str, Optional[Message]]:
+        """The next control message of type ``kind``, as ("message", message); or ("exited", None)
+        when the worker exits or closes its control pipe first; or ("timeout", None)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            pending = self._next_message()
+            waited: "Set[asyncio.Future[Any]]" = {pending, self.exited}
+            await asyncio.wait(
+                waited, timeout=max(deadline - loop.time(), 0), return_when=asyncio.FIRST_COMPLETED
+            )
+            if not pending.done() and self.exited.done():
+                # The message may have been written just before the exit and still be in flight.
+                await asyncio.wait({pending}, timeout=EXIT_GRACE)
+            if not pending.done():
+                return ("exited", None) if self.exited.done() else ("timeout", None)
+            self._pending = None
+            message = pending.result()
+            if message is None:
+                return "exited", None
+            if message.get("type") == kind:
+                return "message", message
+
+    def _next_message(self) -> "asyncio.Future[Optional[Message]]":
+        # The same read stays pending across waits, so a message is never lost to a timeout.
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self._receive())
+        return self._pending
+
+    async def _receive(self) -> Optional[Message]:
+        assert self._control_out is not None
+        while True:
+            try:
+                line = await self._control_out.readline()
+            except (OSError, ValueError):
+                return None
+            if not line:
+                return None
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(message, dict):
+                return message
+
+    def rotate(self, captures: Optional[Captures]) -> Optional[Captures]:
+        """Take the output so far (what is in the pipes now included); later output goes to
+        ``captures`` (None: discarded). Returns None if it was taken before."""
+        taken = self.captures
+        for name, reader in self.readers.items():
+            reader.redirect(captures[name] if captures is not None else None)
+        self.captures = captures
+        return taken
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._pending is not None and not self._pending.done():
+            self._pending.cancel()
+        if self._control_in is not None:
+            self._control_in.close()
+        if self._read_transport is not None:
+            self._read_transport.close()
+        for reader in self.readers.values():
+            reader.finish()
+
+
+class Context:
+    def __init__(self, context_id: str, language: str, cwd: str, env: Dict[str, str], default: bool) -> None:
+        self.id = context_id
+        self.language = language
+        self.cwd = cwd
+        self.env = env
+        self.default = default
+        self.created_at = time.time()
+        self.last_used_at = self.created_at
+        self.lock = asyncio.Lock()
+        self.worker: Optional[Worker] = None
+        self.started = False  # a worker ran once: a failed start then does not undo the context
+        self.deleted = False
+        # Why the interpreter's state was lost without a result saying so; the next run tells.
+        self.lost: Optional[str] = None
+
+    def info(self) -> Dict[str, Any]:
+        worker = self.worker
+        return {
+            "context_id": self.id,
+            "language": self.language,
+            "cwd": self.cwd,
+            "created_at": self.created_at,
+            "last_used_at": self.last_used_at,
+            "busy": self.lock.locked(),
+            "default": self.default,
+            "engine": worker.engine if worker is not None else None,
+            "pid": worker.pid if worker is not None and worker.alive else None,
+        }
+
+
+class Contexts:
+    """All code contexts of the sandbox and the ``run_code`` that runs in them."""
+
+    def __init__(self, children: Children, sessions: Sessions, config: Dict[str, Any]) -> None:
+        self._children = children
+        self._sessions = sessions
+        self._workspace: str = config["workspace"]
+        self._base_env: Dict[str, str] = dict(config["env"])
+        # Before anything can import matplotlib: a headless backend whose figures become results.
+        self._base_env["MPLBACKEND"] = "Agg"
+        self._max_output: int = config["max_output"]
+        # Each context is an interpreter process: the defaults count too.
+        self._max_contexts: int = config.get("limits", {}).get("max_code_contexts", 8)
+        self._output_dir = os.path.join(config["state_dir"], "output")
+        os.makedirs(self._output_dir, exist_ok=True)
+        self._spills: Deque[str] = deque()
+        self.contexts: Dict[str, Context] = {}
+        self._minted = 0
+        self._serial = 0  # numbers workers and runs, for tags and spill files
+
+    # -- the handlers ------------------------------------------------------------------------------
+
+    async def create(self, params: Dict[str, Any]) -> Dict[str, Any]:
+        language = normalise_language(params.get("language") or "python")
+        context_id = params.get("context_id")
+        if context_id is None:
+            context_id = self._mint()
+        check_id("context", context_id)
+        if context_id in self.contexts:
+            raise AgentError(
+                "CONTEXT_ALREADY_EXISTS",
+                "code context %r already exists; use it, or delete_code_context it first" % context_id,
+            )
+        if context_id in LANGUAGES and context_id != language:
+            raise AgentError(
+                "INVALID_ARGUMENT",
+                "context id %r is the default %s context's; choose another id" % (context_id, context_id),
+            )
+        env: Dict[str, str] = dict(self._base_env)
+        for name, value in check_env(params.get("env")).items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+        cwd = self._sessions.resolve_dir(params.get("cwd"))
+        self._check_limit()
+        context = Context(context_id, language, cwd, env, default=context_id == language)
+        self.contexts[context_id] = context
+        async with context.lock:
+            worker = await self._ensure_worker(context)
+        return {
+            "context_id": context.id,
+            "language": language,
+            "cwd": cwd,
+            "engine": worker.engine,
+            "version": worker.version,
+        }
+
+    def list(self) -> Dict[str, Any]:
+        return {"contexts": [context.info() for context in self.contexts.values()]}
+
+    async def delete(self, context_id: str) -> Dict[str, Any]:
+        context = self.get(context_id)
+        del self.contexts[context_id]
+        context.deleted = True
+        if context.worker is not None:
+            self._discard(await self._retire(context.worker))
+            context.worker = None
+        return {"context_id": context_id, "deleted": True}
+
+    async def expire_idle(self, idle_seconds: float) -> None:
+        """Delete contexts other than the defaults that ran nothing for ``idle_seconds``."""
+        cutoff = time.time() - idle_seconds
+        for context in list(self.contexts.values()):
+            if not context.default and not context.lock.locked() and context.last_used_at < cutoff:
+                if self.contexts.get(context.id) is context:
+                    await self.delete(context.id)
+
+    async def run(self, request: Request) -> Dict[str, Any]:
+        params = request.params
+        code = params.get("code")
+        if not isinstance(code, str):
+            raise AgentError("INVALID_ARGUMENT", "code must be a string of source code")
+        timeout = params.get("timeout") or DEFAULT_TIMEOUT
+        if timeout <= 0:
+            raise AgentError("INVALID_ARGUMENT", "timeout must be a positive number of seconds")
+        context = self._target(params.get("context_id"), params.get("language"))
+        async with context.lock:
+            if context.deleted:
+                raise AgentError("CONTEXT_NOT_FOUND", "code context %r was deleted while this code waited" % context.id)
+            context.last_used_at = time.time()
+            try:
+                return await self._run(request, context, code, float(timeout))
+            finally:
+                context.last_used_at = time.time()
+
+    # -- contexts ------------------------------------------------------------------------------------
+
+    def get(self, context_id: str) -> Context:
+        context = self.contexts.get(context_id)
+        if context is None:
+            raise AgentError(
+                "CONTEXT_NOT_FOUND",
+                "no code context %r; contexts: %s; create it with create_code_context, or omit "
+                "context_id to use the language's default context" % (context_id, ", ".join(sorted(self.contexts)) or "none"),
+            )
+        return context
+
+    def _check_limit(self) -> None:
+        if len(self.contexts) >= self._max_contexts:
+            raise AgentError(
+                "LIMIT_REACHED",
+                "this sandbox has %d code contexts (%s), the most allowed; delete_code_context one you no "
+                "longer need" % (len(self.contexts), ", ".join(sorted(self.contexts))),
+            )
+
+    def _mint(self) -> str:
+        while True:
+            self._minted += 1
+            context_id = "ctx-%d" % self._minted
+            if context_id not in self.contexts:
+                return context_id
+
+    def _target(self, context_id: Optional[str], language: Optional[str]) -> Context:
+        """The context a run names, creating a language's default context on first use."""
+        wanted = normalise_language(language) if language else None
+        if context_id is None or (context_id in LANGUAGES and context_id not in self.contexts):
+            default = context_id or wanted or "python"
+            if wanted is not None and wanted != default:
+                raise AgentError(
+                    "INVALID_ARGUMENT", "context %r is the default %s context, not %s" % (default, default, wanted)
+                )
+            context = self.contexts.get(default)
+            if context is None:
+                self._check_limit()
+                context = Context(default, default, self._workspace, dict(self._base_env), default=True)
+                self.contexts[default] = context
+            return context
+        context = self.get(context_id)
+        if wanted is not None and wanted != context.language:
+            raise AgentError(
+                "INVALID_ARGUMENT",
+                "code context %r runs %s, not %s; omit language, or pick a %s context"
+                % (context.id, context.language, wanted, wanted),
+            )
+        return context
+
+    # -- runs ----------------------------------------------------------------------------------------
+
+    async def _run(self, request: Request, context: Context, code: str, timeout: float) -> Dict[str, Any]:
+        worker = context.worker
+        if worker is not None and not worker.alive:
+            exit_code = worker.exited.result() if worker.exited.done() else None
+            captures = await self._retire(worker)
+            context.worker = None
+            how = describe_exit(exit_code) if exit_code is not None else "stopped answering"
+            context.lost = context.lost or "the %s interpreter of context %r %s since the last run" % (
+                context.language, context.id, how,
+            )
+        else:
+            captures = None
+        if context.lost is not None:
+            return await self._report_loss(context, captures)
+        worker = await self._ensure_worker(context)
+        captures = worker.captures
+        assert captures is not None
+        progress = asyncio.ensure_future(_progress(request, captures)) if request.params.get("stream") else None
+        started = time.monotonic()
+        timed_out = False
+        try:
+            try:
+                outcome: Tuple[str, Optional[Message]] = ("exited", None)
+                if await worker.send({"type": "execute", "code": code}):
+                    outcome = await worker.wait_for("result", timeout)
+                if outcome[0] == "timeout":
+                    timed_out = True
+                    outcome = await self._interrupt(worker)
+            finally:
+                if progress is not None:
+                    progress.cancel()
+        except asyncio.CancelledError:
+            await self._abandon(context, worker)
+            raise
+        duration_ms = round((time.monotonic() - started) * 1000, 3)
+        if context.deleted:
+            self._discard(await self._retire(worker))
+            raise AgentError("CONTEXT_NOT_FOUND", "code context %r was deleted while this code ran" % context.id)
+        kind, message = outcome
+        if kind == "message" and message is not None:
+            output = worker.rotate(self._captures(context))
+            result = self._result(context, output, duration_ms, timed_out)
+            result["results"] = message.get("results") or []
+            result["error"] = message.get("error")
+            result["execution_count"] = message.get("execution_count")
+            return result
+        # The interpreter died during the run, or did not stop when interrupted: replace it.
+        exit_code = worker.exited.result() if worker.exited.done() else None
+        output = await self._retire(worker)
+        context.worker = None
+        if timed_out:
+            name = "InterpreterRestarted"
+            what = (
+                "the code ran past the %g s timeout and did not stop within %g s of an interrupt (SIGINT), "
+                "so the %s interpreter was killed" % (timeout, INTERRUPT_GRACE, context.language)
+            )
+        else:
+            name = "InterpreterDied"
+            how = describe_exit(exit_code) if exit_code is not None else "closed its control channel"
+            what = "the %s interpreter %s while running this code" % (context.language, how)
+        value = what + "; " + await self._replace(context)
+        result = self._result(context, output, duration_ms, timed_out)
+        result.update(results=[], error={"name": name, "value": value, "traceback": [value]}, execution_count=None)
+        result["restarted"] = True
+        return result
+
+    async def _report_loss(self, context: Context, captures: Optional[Captures]) -> Dict[str, Any]:
+        """A run on a context whose interpreter was lost: start a fresh one, run nothing."""
+        reason = context.lost or "the interpreter was lost"
+        context.lost = None
+        try:
+            await self._ensure_worker(context)
+        except AgentError as exc:
+            self._discard(captures)
+            raise AgentError(exc.code, "%s; starting a new one failed: %s" % (reason, exc.message)) from None
+        value = (
+            "%s. A fresh interpreter was started, so its variables, imports and definitions are gone; "
+            "this code was NOT run: run it again, with the imports and definitions it needs" % reason
+        )
+        result = self._result(context, captures, 0.0, False)
+        result.update(results=[], error={"name": "InterpreterDied", "value": value, "traceback": [value]})
+        result.update(execution_count=None, restarted=True)
+        return result
+
+    async def _interrupt(self, worker: Worker) -> Tuple[str, Optional[Message]]:
+        """Ctrl-C: SIGINT to the worker's process group, then wait a moment for its result."""
+        try:
+            os.killpg(worker.pid, signal.SIGINT)
+        except OSError:  # the code moved the interpreter to another process group
+            try:
+                os.kill(worker.pid, signal.SIGINT)
+            except OSError:
+                pass
+        return await worker.wait_for("result", INTERRUPT_GRACE)
+
+    async def _abandon(self, context: Context, worker: Worker) -> None:
+        """The host cancelled a run: interrupt it, or kill the interpreter if it does not stop."""
+        if not context.deleted and worker.alive:
+            kind, _ = await self._interrupt(worker)
+            if kind == "message":
+                self._discard(worker.rotate(self._captures(context)))
+                return
+        exit_code = worker.exited.result() if worker.exited.done() else None
+        self._discard(await self._retire(worker))
+        if context.worker is worker:
+            context.worker = None
+            if exit_code is not None:
+                context.lost = "the %s interpreter of context %r %s during a cancelled run" % (
+                    context.language, context.id, describe_exit(exit_code),
+                )
+            else:
+                context.lost = (
+                    "a cancelled run did not stop within %g s of an interrupt (SIGINT), so the %s interpreter "
+                    "of context %r was killed" % (INTERRUPT_GRACE, context.language, context.id)
+                )
+
+    async def _replace(self, context: Context) -> str:
+        """Start a fresh interpreter for a context that lost its own; says how that went."""
+        lost = "its variables, imports and definitions are lost"
+        try:
+            await self._ensure_worker(context)
+        except AgentError as exc:
+            return "%s, and starting a new interpreter failed (%s); the next run tries again" % (lost, exc.message)
+        return "a fresh interpreter was started and %s" % lost
+
+    def _result(
+        self, context: Context, captures: Optional[Captures], duration_ms: float, timed_out: bool
+    ) -> Dict[str, Any]:
+        result: Dict[str, Any] = {
+            "context_id": context.id,
+            "language": context.language,
+            "duration_ms": duration_ms,
+            "timed_out": timed_out,
+            "restarted": False,
+            "truncated": False,
+        }
+        for name in STREAMS:
+            text, truncated, path = captures[name].finish() if captures is not None else ("", False, None)
+            result[name] = text
+            result[name + "_file"] = path
+            if truncated and path is not None:
+                result["truncated"] = True
+                self._keep_spill(path)
+        return result
+
+    # -- workers -------------------------------------------------------------------------------------
+
+    async def _ensure_worker(self, context: Context) -> Worker:
+        """The context's running worker, started if it has none. Call with its lock held."""
+        if context.worker is not None:
+            return context.worker
+        try:
+            worker = await self._start(context)
+        except BaseException:
+            if not context.started and self.contexts.get(context.id) is context:
+                del self.contexts[context.id]  # a context whose interpreter never ran is no context
+            raise
+        if context.deleted:
+            self._discard(await self._retire(worker))
+            raise AgentError("CONTEXT_NOT_FOUND", "code context %r was deleted while it started" % context.id)
+        context.worker = worker
+        context.started = True
+        return worker
+
+    def _command(self, context: Context) -> List[str]:
+        path = context.env.get("PATH", os.defpath)
+        if context.language == "python":
+            python = shutil.which("python3", path=path)
+            if python is None:
+                raise AgentError(
+                    "LANGUAGE_NOT_AVAILABLE",
+                    "python needs python3 (>= 3.8) on the sandbox's PATH (%s), and there is none; "
+                    "install Python in the sandbox or its image" % path,
+                )
+            return [python, os.path.join(WORKERS, "python_worker.py")]
+        node = shutil.which("node", path=path) or shutil.which("nodejs", path=path)
+        if node is None:
+            raise AgentError(
+                "LANGUAGE_NOT_AVAILABLE",
+                "%s needs Node.js (node) on the sandbox's PATH (%s), and there is none; install Node.js "
+                "in the sandbox or its image, or use python" % (context.language, path),
+            )
+        command = [node, os.path.join(WORKERS, "node_worker.js")]
+        if context.language == "typescript":
+            command.append("--typescript")
+        return command
+
+    async def _start(self, context: Context) -> Worker:
+        command = self._command(context)
+        self._serial += 1
+        tag = "ctx:%s:%d;" % (context.id, self._serial)
+        control_in_r, control_in_w = os.pipe()
+        control_out_r, control_out_w = os.pipe()
+        child_in = fcntl.fcntl(control_in_r, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD)
+        child_out = fcntl.fcntl(control_out_w, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD)
+        os.close(control_in_r)
+        os.close(control_out_w)
+        pipes = {name: make_pipe() for name in STREAMS}
+        launcher = [sys.executable or "python3", "-I", "-S", "-c", _PLACE_CONTROL_FDS, str(child_in), str(child_out)]
+        try:
+            pid, exited = self._children.spawn(
+                launcher + command,
+                tag=tag,
+                env=context.env,
+                cwd=context.cwd,
+                stdout=pipes["stdout"][1],
+                stderr=pipes["stderr"][1],
+                pass_fds=(child_in, child_out),
+            )
+        except OSError as exc:
+            for fd in [control_in_w, control_out_r] + [r for r, _ in pipes.values()]:
+                os.close(fd)
+            where = " in %s" % context.cwd if not os.path.isdir(context.cwd) else ""
+            raise AgentError(
+                "FILE_NOT_FOUND" if where else "LANGUAGE_NOT_AVAILABLE",
+                "could not start the %s interpreter%s: %s" % (context.language, where, exc),
+            ) from None
+        finally:
+            for fd in [child_in, child_out] + [w for _, w in pipes.values()]:
+                os.close(fd)
+        captures = self._captures(context)
+        readers = {name: PipeReader(pipes[name][0], captures[name], live=True) for name in STREAMS}
+        worker = Worker(pid, exited, tag, command[0], readers, captures)
+        try:
+            await worker.connect(control_in_w, control_out_r)
+            kind, ready = await worker.wait_for("ready", START_TIMEOUT)
+        except BaseException:
+            self._discard(await self._retire(worker))
+            raise
+        if kind == "message" and ready is not None and not ready.get("error"):
+            worker.engine = str(ready.get("engine") or "")
+            worker.version = str(ready.get("version") or "")
+            return worker
+        exit_code = worker.exited.result() if worker.exited.done() else None
+        output = await self._retire(worker)
+        stderr = output["stderr"].finish()[0].strip() if output is not None else ""
+        self._discard(output)
+        if ready is not None and ready.get("error"):
+            problem = str(ready["error"])
+        elif kind == "timeout":
+            problem = "%s did not start within %g s" % (command[0], START_TIMEOUT)
+        else:
+            how = describe_exit(exit_code) if exit_code is not None else "closed its control channel"
+            problem = "%s %s at start%s" % (command[0], how, ": " + stderr[-2000:] if stderr else "")
+        raise AgentError("LANGUAGE_NOT_AVAILABLE", problem)
+
+    async def _retire(self, worker: Worker) -> Optional[Captures]:
+        """Kill a worker and everything it started; return the output it left (once)."""
+        self._children.kill(None if worker.exited.done() else worker.pid, worker.tag)
+        if not worker.exited.done():
+            await asyncio.wait({worker.exited}, timeout=5)
+        captures = worker.rotate(None) if not worker.closed else None
+        worker.close()
+        return captures
+
+    def _captures(self, context: Context) -> Captures:
+        self._serial += 1
+        stem = os.path.join(self._output_dir, "ctx-%s-%d" % (context.id, self._serial))
+        return {name: Capture(self._max_output, "%s.%s" % (stem, name)) for name in STREAMS}
+
+    def _discard(self, captures: Optional[Captures]) -> None:
+        for capture in (captures or {}).values():
+            _, _, path = capture.finish()
+            if path is not None:
+                _remove(path)
+
+    def _keep_spill(self, path: str) -> None:
+        self._spills.append(path)
+        while len(self._spills) > KEPT_SPILL_FILES:
+            _remove(self._spills.popleft())
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
