@@ -15,7 +15,15 @@ from mcp_sandbox.manager import SandboxManager
 from mcp_sandbox.settings import Settings
 
 from .config import Config
-from .harness import Report, Row, mcp_sandbox, median_ms, memory_kb, reset_peak, sync_median_ms
+from .harness import (
+    Report,
+    Row,
+    mcp_sandbox,
+    median_ms,
+    memory_kb,
+    reset_peak,
+    sync_median_ms,
+)
 
 
 def settings_for(backend: str) -> Settings:

@@ -8,7 +8,16 @@ import time
 import anyio
 
 from .config import Config
-from .harness import Report, Row, floor_server, mcp_sandbox, median_ms, memory_kb, reset_peak, sync_median_ms
+from .harness import (
+    Report,
+    Row,
+    floor_server,
+    mcp_sandbox,
+    median_ms,
+    memory_kb,
+    reset_peak,
+    sync_median_ms,
+)
 
 
 async def exec_round_trip(report: Report, cfg: Config, backend: str) -> None:

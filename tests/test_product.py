@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import jsonschema
 import pytest
+import tomllib
 
 from .conftest import Tools
 

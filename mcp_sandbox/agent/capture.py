@@ -8,7 +8,7 @@ whole of it goes to a file in the sandbox, which the result names when it was cu
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 
 class Capture:

@@ -13,10 +13,10 @@ import signal
 import sys
 from typing import Any, Awaitable, Callable, Dict, List
 
-from .pipes import enlarge_pipe
 from .children import _PR_SET_PDEATHSIG, Children, prctl
 from .contexts import Contexts
 from .files import Files
+from .pipes import enlarge_pipe
 from .processes import Processes
 from .protocol import Connection, Handler, Request
 from .sessions import Sessions

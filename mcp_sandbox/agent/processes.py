@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional, Pattern, Set, Tuple
 
 from .capture import _cut, _decode_tail
 from .children import Children
-from .protocol import AgentError, Request
+from .protocol import AgentError
 from .sessions import Sessions, check_env, check_id
 
 STATUSES = ("running", "completed", "failed", "killed", "error")

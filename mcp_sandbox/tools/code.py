@@ -7,12 +7,21 @@ import re
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
-from mcp_types import CallToolResult, ContentBlock, ImageContent, ToolAnnotations
+from mcp_types import CallToolResult, ContentBlock, ImageContent
 from pydantic import Field
 
 from ..manager import SandboxManager
 from ..models import CodeContextCreated, CodeContextDeleted, CodeContextList, CodeResult
-from .common import SandboxId, progress_reporter, result, tool_errors
+from .common import (
+    CREATES,
+    DESTRUCTIVE,
+    READ_ONLY,
+    SandboxId,
+    progress_reporter,
+    result,
+    runs_code,
+    tool_errors,
+)
 
 IMAGE_TYPES = ("image/png", "image/jpeg")
 # The representation a model reads best, first; images go along as image content.
@@ -87,7 +96,7 @@ def image_blocks(r: CodeResult) -> list[ContentBlock]:
 
 
 def register(server: MCPServer, manager: SandboxManager) -> None:
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False))
+    @server.tool(annotations=runs_code(manager.settings.network))
     @tool_errors
     async def run_code(
         code: Annotated[str, Field(description="The code to run: one or more statements, like a notebook cell.")],
@@ -120,7 +129,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         )
         return result(r, render_code(r), image_blocks(r))
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False))
+    @server.tool(annotations=CREATES)
     @tool_errors
     async def create_code_context(
         language: Language = None,
@@ -146,7 +155,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         r = await sandbox.create_code_context(language, context_id=context_id, cwd=cwd, env=env)
         return result(r, f"Created {r.language} context {r.context_id!r} ({r.engine} {r.version}) in {r.cwd}.")
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    @server.tool(annotations=READ_ONLY)
     @tool_errors
     async def list_code_contexts(sandbox_id: SandboxId = None) -> Annotated[CallToolResult, CodeContextList]:
         """List the sandbox's code contexts: language, cwd, whether code is running, last use."""
@@ -159,7 +168,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         ]
         return result(r, "\n".join(lines) or "No code contexts yet; run_code creates the default one.")
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=False, openWorldHint=False))
+    @server.tool(annotations=DESTRUCTIVE)
     @tool_errors
     async def delete_code_context(
         context_id: Annotated[str, Field(description="The code context to delete.")],

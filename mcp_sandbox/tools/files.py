@@ -7,13 +7,32 @@ import posixpath
 from typing import Annotated, Literal
 
 from mcp.server.mcpserver import MCPServer
-from mcp_types import CallToolResult, ContentBlock, ImageContent, ToolAnnotations
+from mcp_types import CallToolResult, ContentBlock, ImageContent
 from pydantic import Field
 
 from ..manager import SandboxManager
-from ..models import DirectoryCreated, FileContent, FileDeleted, FileEntry, FileList, FileMoved, FileWritten
+from ..models import (
+    DirectoryCreated,
+    FileContent,
+    FileDeleted,
+    FileEntry,
+    FileList,
+    FileMoved,
+    FileWritten,
+)
 from ..sandbox import decode_base64
-from .common import SandboxId, SessionId, resource_errors, resource_sandbox, result, tool_errors
+from .common import (
+    CREATES,
+    DESTRUCTIVE,
+    OVERWRITES,
+    READ_ONLY,
+    SandboxId,
+    SessionId,
+    resource_errors,
+    resource_sandbox,
+    result,
+    tool_errors,
+)
 
 Path = Annotated[str, Field(description="A path in the sandbox, absolute or relative to the session's cwd.")]
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
@@ -46,11 +65,7 @@ def render_entry(e: FileEntry, base: str) -> str:
 
 
 def register(server: MCPServer, manager: SandboxManager) -> None:
-    @server.tool(
-        annotations=ToolAnnotations(
-            read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
-        )
-    )
+    @server.tool(annotations=OVERWRITES)
     @tool_errors
     async def write_file(
         path: Path,
@@ -72,7 +87,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         r = await sandbox.write_file(path, data, session_id=session_id)
         return result(r, f"Wrote {r.bytes_written} bytes to {r.path}.")
 
-    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    @server.tool(annotations=READ_ONLY)
     @tool_errors
     async def read_file(
         path: Path,
@@ -101,7 +116,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
             extra.append(ImageContent(type="image", data=r.content, mime_type=r.mime_type))
         return result(r, render_content(r), extra)
 
-    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    @server.tool(annotations=READ_ONLY)
     @tool_errors
     async def list_files(
         path: Annotated[
@@ -121,11 +136,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         lines += [render_entry(e, r.path) for e in r.files]
         return result(r, "\n".join(lines))
 
-    @server.tool(
-        annotations=ToolAnnotations(
-            read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
-        )
-    )
+    @server.tool(annotations=CREATES)
     @tool_errors
     async def mkdir(
         path: Path,
@@ -140,11 +151,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         r = await sandbox.mkdir(path, recursive=recursive, session_id=session_id)
         return result(r, f"Created {r.path}." if r.created else f"{r.path} exists already.")
 
-    @server.tool(
-        annotations=ToolAnnotations(
-            read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
-        )
-    )
+    @server.tool(annotations=DESTRUCTIVE)
     @tool_errors
     async def delete_file(
         path: Path,
@@ -160,11 +167,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         r = await sandbox.delete_file(path, recursive=recursive, session_id=session_id)
         return result(r, f"Deleted {r.path}.")
 
-    @server.tool(
-        annotations=ToolAnnotations(
-            read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
-        )
-    )
+    @server.tool(annotations=DESTRUCTIVE)
     @tool_errors
     async def move_file(
         source: Annotated[str, Field(description="The file or directory to move (absolute or relative).")],

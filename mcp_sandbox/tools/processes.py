@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from mcp.server.mcpserver import MCPServer
-from mcp_types import CallToolResult, ToolAnnotations
+from mcp_types import CallToolResult
 from pydantic import Field
 
 from ..errors import SandboxError
@@ -21,7 +21,19 @@ from ..models import (
     ProcessStarted,
     ProcessStatus,
 )
-from .common import Env, SandboxId, SessionId, resource_errors, resource_sandbox, result, tool_errors
+from .common import (
+    CREATES,
+    OVERWRITES,
+    READ_ONLY,
+    Env,
+    SandboxId,
+    SessionId,
+    resource_errors,
+    resource_sandbox,
+    result,
+    runs_code,
+    tool_errors,
+)
 
 ProcessId = Annotated[str, Field(description="The process, as start_process or list_processes named it.")]
 
@@ -63,11 +75,7 @@ def render_logs(r: ProcessLogs, wait_for: str | None, wait_for_exit: bool, tail:
 
 
 def register(server: MCPServer, manager: SandboxManager) -> None:
-    @server.tool(
-        annotations=ToolAnnotations(
-            read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
-        )
-    )
+    @server.tool(annotations=runs_code(manager.settings.network))
     @tool_errors
     async def start_process(
         command: Annotated[str, Field(description="A bash command line to run in the background.")],
@@ -103,7 +111,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
             )
         return result(r, text)
 
-    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    @server.tool(annotations=READ_ONLY)
     @tool_errors
     async def list_processes(
         status: Annotated[ProcessStatus | None, Field(description="Only processes with this status.")] = None,
@@ -117,7 +125,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         )
         return result(r, text)
 
-    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    @server.tool(annotations=READ_ONLY)
     @tool_errors
     async def get_process_logs(
         process_id: ProcessId,
@@ -150,11 +158,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         )
         return result(r, render_logs(r, wait_for, wait_for_exit, tail))
 
-    @server.tool(
-        annotations=ToolAnnotations(
-            read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
-        )
-    )
+    @server.tool(annotations=CREATES)
     @tool_errors
     async def send_process_input(
         process_id: ProcessId,
@@ -169,11 +173,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         r = await sandbox.send_process_input(process_id, data, eof=eof)
         return result(r, f"Wrote {r.bytes_written} bytes to {r.process_id!r}{' and closed its stdin' if eof else ''}.")
 
-    @server.tool(
-        annotations=ToolAnnotations(
-            read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
-        )
-    )
+    @server.tool(annotations=OVERWRITES)
     @tool_errors
     async def kill_process(
         process_id: ProcessId,
@@ -190,11 +190,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         r = await sandbox.kill_process(process_id, signal)
         return result(r, describe(r))
 
-    @server.tool(
-        annotations=ToolAnnotations(
-            read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
-        )
-    )
+    @server.tool(annotations=OVERWRITES)
     @tool_errors
     async def kill_all_processes(sandbox_id: SandboxId = None) -> Annotated[CallToolResult, ProcessesKilled]:
         """Stop every running background process of the sandbox (SIGTERM, then SIGKILL after 5 s),
