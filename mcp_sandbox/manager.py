@@ -112,7 +112,8 @@ class SandboxManager:
             with anyio.fail_after(AGENT_START_TIMEOUT):
                 await channel.request("hello", {})
         except (SandboxError, TimeoutError) as exc:
-            await self.destroy(sandbox_id)
+            if sandbox_id in self.sandboxes:  # else its watcher already removed it
+                await self.destroy(sandbox_id)
             raise SandboxError(
                 "BACKEND_UNAVAILABLE", f"the sandbox agent did not start ({exc}); check the server log"
             ) from exc

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 AGENT_DIR = str(Path(agent.__file__).resolve().parent.parent)
+# The agent needs only the standard library, so the real interpreter behind a virtualenv does.
+AGENT_PYTHON = os.path.realpath(sys.executable)
 OWNER_FILE = "owner.json"
 _bwrap_usable: bool | None = None
 
@@ -155,7 +157,7 @@ class LocalBackend:
         agent_config = config.for_agent(
             spec.sandbox_id, workspace, env, state_dir=os.path.join(tmp, ".mcp-sandbox")
         )
-        command = [sys.executable, "-I", "-c", agent.BOOTSTRAP, AGENT_DIR, json.dumps(agent_config)]
+        command = [AGENT_PYTHON, "-I", "-c", agent.BOOTSTRAP, AGENT_DIR, json.dumps(agent_config)]
         if self.isolation == "bwrap":
             command = self._bwrap_args(directory, spec.network and self.allow_network) + ["--"] + command
         try:
@@ -189,6 +191,11 @@ class LocalBackend:
             "--unshare-all", "--hostname", "sandbox", "--die-with-parent", "--new-session",
             "--cap-drop", "ALL", "--chdir", "/workspace",
         ]
+        # The sandbox's own /tmp and the hidden workspace root would hide the agent's code or
+        # interpreter if they live there (a checkout in /tmp): show those read-only where they are.
+        for needed in (AGENT_DIR, str(Path(AGENT_PYTHON).parent.parent)):
+            if Path(needed).is_relative_to("/tmp") or Path(needed).is_relative_to(self.root):
+                args += ["--ro-bind", needed, needed]
         if network:
             args.append("--share-net")
         return args
