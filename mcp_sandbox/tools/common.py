@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Annotated, ParamSpec, TypeVar
 
@@ -58,6 +59,8 @@ def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         except SandboxError as exc:
             raise ToolError(f"{exc.code}: {exc.message}") from None
 
+    # The docstring becomes the tool's description: without the source's indentation.
+    wrapper.__doc__ = inspect.cleandoc(fn.__doc__ or "")
     return wrapper
 
 
