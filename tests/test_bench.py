@@ -1,0 +1,25 @@
+"""A smoke run of the benchmark harness, so that `python -m bench` cannot rot."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_bench_smoke_prints_figures_floors_and_ratios() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--backend", "none", "--only", "exec", "--only", "output",
+         "--only", "files"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout[result.stdout.index("| measurement |"):]
+    assert "exec `echo hi` over stdio (none)" in table
+    assert "MCP no-op call + bash spawn" in table
+    assert "server RSS growth" in table
+    assert "1 MiB write_file + read_file over MCP (none)" in table
+    ratios = [line.split("|")[4].strip() for line in table.splitlines()[2:]]
+    assert any(r.endswith("x") for r in ratios)
