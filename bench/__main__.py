@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -52,6 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     backends = args.backend or (["bwrap", "docker"] if docker_available() else ["bwrap"])
     cfg = Config.smoke() if args.smoke else Config()
+    os.environ["MCP_SANDBOX_IMAGE"] = cfg.image  # the servers the benchmarks start use it too
     report = anyio.run(run, args.only or list(CASES), backends, cfg)
     print()
     print(report.table())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 from .config import Config
@@ -36,7 +37,7 @@ def jupyter_floor(cfg: Config) -> tuple[float | None, float | None]:
     starts, executes = [], []
     for _ in range(max(1, cfg.sandbox_runs // 2)):
         started = time.perf_counter()
-        manager, client = start_new_kernel(kernel_name="python3")
+        manager, client = start_new_kernel(kernel_name="python3", stderr=subprocess.DEVNULL)
         client.execute_interactive("1", timeout=30)
         starts.append((time.perf_counter() - started) * 1000)
         try:
