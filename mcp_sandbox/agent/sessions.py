@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import time
 from collections import deque
-from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional
+from typing import Any, Awaitable, Callable, Deque, Dict, FrozenSet, List, Optional
 
 from .capture import Capture
 from .children import Children
@@ -148,11 +148,18 @@ class Session:
             ]
         )
 
-    def adopt_new_state(self) -> None:
-        """Switch to the state the command's EXIT trap wrote, if it wrote it all."""
+    def adopt_new_state(self, default_opts: FrozenSet[bytes]) -> None:
+        """Switch to the state the command's EXIT trap wrote, if it wrote it all.
+
+        Options still at bash's defaults are dropped: restoring them would cost every command.
+        """
         try:
             with open(self.next_path("cwd"), "rb") as f:
                 cwd = f.read().decode("utf-8", "replace")
+            with open(self.next_path("opts"), "rb") as f:
+                opts = [line for line in f.read().splitlines() if line not in default_opts]
+            with open(self.next_path("opts"), "wb") as f:
+                f.write(b"".join(line + b"\n" for line in opts))
         except OSError:
             return  # the trap did not run to the end (the command replaced bash with exec, ...)
         self.generation = 1 - self.generation
@@ -196,6 +203,12 @@ class Sessions:
         os.makedirs(self._output_dir, exist_ok=True)
         self._spills: Deque[str] = deque()
         self._bash = shutil.which("bash", path=self._base_env.get("PATH")) or "/bin/bash"
+        self._default_opts = frozenset(
+            subprocess.run(
+                [self._bash, "--noprofile", "--norc", "-c", "builtin set +o; builtin shopt -p"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={},
+            ).stdout.splitlines()
+        )
         self.sessions: Dict[str, Session] = {}
         # Called with a session's id when it is deleted, to end what else belongs to it.
         self.on_delete: List[Callable[[str], Awaitable[None]]] = []
@@ -368,7 +381,7 @@ class Sessions:
         if timed_out:
             session.discard_new_state()
         else:
-            session.adopt_new_state()
+            session.adopt_new_state(self._default_opts)
         if code < 0:
             code = 128 - code
         result: Dict[str, Any] = {
