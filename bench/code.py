@@ -38,10 +38,10 @@ def jupyter_floor(cfg: Config) -> tuple[float | None, float | None]:
     for _ in range(max(1, cfg.sandbox_runs // 2)):
         started = time.perf_counter()
         manager, client = start_new_kernel(kernel_name="python3", stderr=subprocess.DEVNULL)
-        client.execute_interactive("1", timeout=30)
+        client.execute_interactive("1", timeout=30, output_hook=lambda msg: None)
         starts.append((time.perf_counter() - started) * 1000)
         try:
-            client.execute_interactive("x = 1", timeout=30)
+            client.execute_interactive("x = 1", timeout=30, output_hook=lambda msg: None)
             for _ in range(cfg.runs):
                 started = time.perf_counter()
                 client.execute_interactive("x + 1", timeout=30, output_hook=lambda msg: None)
