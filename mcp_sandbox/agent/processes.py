@@ -182,7 +182,7 @@ class Processes:
             stdin_r, stdin_w = os.pipe()
             try:
                 pid, exited = self._children.spawn(
-                    [self._bash, "--noprofile", "--norc", "-c", session.background_script(command, env, start_dir), "bash"],
+                    [self._bash, "--noprofile", "--norc", "-c", session.unsaved_script(command, env, start_dir), "bash"],
                     tag=process.tag,
                     env={"PATH": self._path},
                     cwd=start_dir,

@@ -106,18 +106,16 @@ class Session:
 
     def script(self, command: str, env: Dict[str, Optional[str]], cwd: Optional[str]) -> str:
         """The bash program for one command; with a per-command cwd or env nothing is saved."""
+        if cwd is not None or env:
+            return self.unsaved_script(command, env, cwd)
         lines = self._restore_lines()
-        if cwd is None and not env:
-            lines.append("builtin trap -- %s EXIT" % sq(self._save_trap()))
-        else:
-            if cwd is not None:
-                lines.append("builtin cd -- %s || builtin exit 1" % sq(cwd))
-            lines.append(env_lines(env).rstrip("\n"))
+        lines.append("builtin trap -- %s EXIT" % sq(self._save_trap()))
         lines.append("builtin eval -- %s" % sq(command))
-        return "\n".join(line for line in lines if line) + "\n"
+        return "\n".join(lines) + "\n"
 
-    def background_script(self, command: str, env: Dict[str, Optional[str]], cwd: Optional[str]) -> str:
-        """The bash program for a background process: the session's state now, nothing saved back."""
+    def unsaved_script(self, command: str, env: Dict[str, Optional[str]], cwd: Optional[str]) -> str:
+        """The session's state now, plus ``cwd``/``env``, and nothing saved back (background
+        processes, and commands with their own cwd or env)."""
         lines = self._restore_lines()
         if cwd is not None:
             lines.append("builtin cd -- %s || builtin exit 1" % sq(cwd))
