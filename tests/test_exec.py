@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 
 import anyio
@@ -10,6 +11,9 @@ import pytest
 from .conftest import Tools
 
 pytestmark = pytest.mark.anyio
+
+# Unique sleep durations: without isolation, `ps` also shows other sandboxes' processes.
+N = secrets.randbelow(900_000) + 100_000
 
 
 async def test_output_exit_code_and_separate_streams(mcp: Tools) -> None:
@@ -131,14 +135,14 @@ async def test_timeout_kills_the_command_and_its_children_and_keeps_state(mcp: T
     await mcp.sh("cd /tmp; export STATE=before")
     started = time.monotonic()
     r = await mcp.sh(
-        "echo partial; cd /; export STATE=after; (sleep 300; echo leaked) & setsid sleep 301 & sleep 302",
+        f"echo partial; cd /; export STATE=after; (sleep 300.{N}; echo leaked) & setsid sleep 301.{N} & sleep 302.{N}",
         timeout=1,
     )
     assert time.monotonic() - started < 10
     assert r["timed_out"] is True
     assert r["exit_code"] == 124
     assert r["stdout"] == "partial\n"
-    r = await mcp.sh("pwd; echo $STATE; ps -eo args | grep -E '^sleep 30[012]' || echo none")
+    r = await mcp.sh(f"pwd; echo $STATE; ps -eo args | grep -E '^sleep 30[012]\\.{N}' || echo none")
     assert r["stdout"] == "/tmp\nbefore\nnone\n"
 
 
@@ -149,9 +153,9 @@ async def test_builtin_loop_times_out(mcp: Tools) -> None:
 
 
 async def test_command_ignoring_sigterm_is_killed(mcp: Tools) -> None:
-    r = await mcp.sh("trap '' TERM INT HUP; sleep 300", timeout=1)
+    r = await mcp.sh(f"trap '' TERM INT HUP; sleep 300.{N}", timeout=1)
     assert r["timed_out"] is True
-    r = await mcp.sh("ps -eo args | grep -c '^sleep 300' || true")
+    r = await mcp.sh(f"ps -eo args | grep -c '^sleep 300\\.{N}' || true")
     assert r["stdout"] == "0\n"
 
 
@@ -265,17 +269,17 @@ async def test_sessions_run_in_parallel(mcp: Tools) -> None:
 
 async def test_client_cancel_kills_the_command(mcp: Tools) -> None:
     with anyio.move_on_after(1):
-        await mcp.sh("echo started > cancel.txt; sleep 300; echo finished >> cancel.txt")
+        await mcp.sh(f"echo started > cancel.txt; sleep 300.{N}; echo finished >> cancel.txt")
     await anyio.sleep(0.5)
-    r = await mcp.sh("cat cancel.txt; ps -eo args | grep -c '^sleep 300' || true", timeout=10)
+    r = await mcp.sh(f"cat cancel.txt; ps -eo args | grep -c '^sleep 300\\.{N}' || true", timeout=10)
     assert r["stdout"] == "started\n0\n"
 
 
 async def test_fork_bomb_is_contained_by_timeout(mcp: Tools) -> None:
-    r = await mcp.sh("f() { sleep 60 & sleep 0.01; f & }; f; wait", timeout=2)
+    r = await mcp.sh(f"f() {{ sleep 60.{N} & sleep 0.01; f & }}; f; wait", timeout=2)
     assert r["exit_code"] != 0 or r["timed_out"]
     await anyio.sleep(0.5)
-    r = await mcp.sh("ps -eo args | grep -c '^sleep 60' || true")
+    r = await mcp.sh(f"ps -eo args | grep -c '^sleep 60\\.{N}' || true")
     assert r["stdout"] == "0\n"
 
 

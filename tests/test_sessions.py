@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 
 import anyio
 import pytest
@@ -10,6 +11,9 @@ import pytest
 from .conftest import Tools
 
 pytestmark = pytest.mark.anyio
+
+# Unique sleep durations: without isolation, `ps` also shows other sandboxes' processes.
+N = secrets.randbelow(900_000) + 100_000
 
 
 async def test_sessions_have_separate_state_and_share_files(mcp: Tools) -> None:
@@ -74,25 +78,25 @@ async def test_delete_session_kills_its_running_command(mcp: Tools) -> None:
     async with anyio.create_task_group() as tg:
 
         async def run() -> None:
-            r = await mcp.raw("exec", command="echo started > d.txt; sleep 300; echo done >> d.txt", session_id="doomed")
+            r = await mcp.raw("exec", command=f"echo started > d.txt; sleep 300.{N}; echo done >> d.txt", session_id="doomed")
             assert r.is_error  # the session went away under the command
 
         tg.start_soon(run)
         await anyio.sleep(0.7)
         assert (await mcp("delete_session", session_id="doomed")) == {"session_id": "doomed", "deleted": True}
-    r = await mcp.sh("cat d.txt; ps -eo args | grep -c '^sleep 300' || true")
+    r = await mcp.sh(f"cat d.txt; ps -eo args | grep -c '^sleep 300\\.{N}' || true")
     assert r["stdout"] == "started\n0\n"
     assert "SESSION_NOT_FOUND" in await mcp.error("exec", command="true", session_id="doomed")
 
 
 async def test_delete_session_kills_what_it_left_in_the_background(mcp: Tools) -> None:
     await mcp("create_session", session_id="bg")
-    await mcp.sh("setsid sleep 301 & sleep 302 &", session_id="bg")
-    await mcp.sh("sleep 303 &")  # another session's process survives
+    await mcp.sh(f"setsid sleep 301.{N} & sleep 302.{N} &", session_id="bg")
+    await mcp.sh(f"sleep 303.{N} &")  # another session's process survives
     await mcp("delete_session", session_id="bg")
     await anyio.sleep(0.3)
-    r = await mcp.sh("ps -eo args | grep -E '^sleep 30[123]' | sort")
-    assert r["stdout"] == "sleep 303\n"
+    r = await mcp.sh(f"ps -eo args | grep -E '^sleep 30[123]\\.{N}' | sort")
+    assert r["stdout"] == f"sleep 303.{N}\n"
 
 
 async def test_set_env_vars(mcp: Tools) -> None:
