@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,19 @@ async def mcp(backend: str, tmp_path: Path) -> AsyncIterator[Tools]:
     async with SandboxManager(settings_for(backend, tmp_path / "sandboxes")) as manager:
         async with Client(build_server(manager)) as client:
             yield Tools(client, backend)
+
+
+@pytest.fixture
+def mcp_with(backend: str, tmp_path: Path) -> Callable[..., AbstractAsyncContextManager[Tools]]:
+    """Open a connected MCP client on a server with custom settings: ``async with mcp_with(max_sessions=2)``."""
+
+    @asynccontextmanager
+    async def open_client(**overrides: Any) -> AsyncIterator[Tools]:
+        async with SandboxManager(settings_for(backend, tmp_path / "sandboxes", **overrides)) as manager:
+            async with Client(build_server(manager)) as client:
+                yield Tools(client, backend)
+
+    return open_client
 
 
 @pytest.fixture

@@ -332,40 +332,28 @@ async def test_contexts_die_with_their_sandbox(mcp: Tools) -> None:
     assert "SANDBOX_NOT_FOUND" in await mcp.error("run_code", code="1", sandbox_id=sandbox)
 
 
-async def test_idle_contexts_expire_but_defaults_stay(manager_factory) -> None:  # type: ignore[no-untyped-def]
-    from mcp.client import Client
-
-    from mcp_sandbox.server import build_server
-
-    async with manager_factory(session_idle_timeout=1) as manager:
-        async with Client(build_server(manager)) as client:
-            tools = Tools(client, "")
-            await tools("create_code_context", context_id="temp")
-            await tools("run_code", code="1")
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                contexts = {c["context_id"] for c in (await tools("list_code_contexts"))["contexts"]}
-                if "temp" not in contexts:
-                    break
-                await anyio.sleep(0.25)
-            assert contexts == {"python"}
+async def test_idle_contexts_expire_but_defaults_stay(mcp_with: Any) -> None:
+    async with mcp_with(session_idle_timeout=1) as tools:
+        await tools("create_code_context", context_id="temp")
+        await tools("run_code", code="1")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            contexts = {c["context_id"] for c in (await tools("list_code_contexts"))["contexts"]}
+            if "temp" not in contexts:
+                break
+            await anyio.sleep(0.25)
+        assert contexts == {"python"}
 
 
-async def test_code_contexts_are_limited(manager_factory) -> None:  # type: ignore[no-untyped-def]
-    from mcp.client import Client
-
-    from mcp_sandbox.server import build_server
-
-    async with manager_factory(max_code_contexts=2) as manager:
-        async with Client(build_server(manager)) as client:
-            tools = Tools(client, "")
-            await tools("create_code_context", context_id="first")
-            await tools("run_code", code="1")  # the default context counts too
-            err = await tools.error("create_code_context")
-            assert "LIMIT_REACHED" in err and "delete_code_context" in err
-            assert "LIMIT_REACHED" in await tools.error("run_code", code="1", language="javascript")
-            await tools("delete_code_context", context_id="first")
-            await tools("create_code_context", context_id="second")
+async def test_code_contexts_are_limited(mcp_with: Any) -> None:
+    async with mcp_with(max_code_contexts=2) as tools:
+        await tools("create_code_context", context_id="first")
+        await tools("run_code", code="1")  # the default context counts too
+        err = await tools.error("create_code_context")
+        assert "LIMIT_REACHED" in err and "delete_code_context" in err
+        assert "LIMIT_REACHED" in await tools.error("run_code", code="1", language="javascript")
+        await tools("delete_code_context", context_id="first")
+        await tools("create_code_context", context_id="second")
 
 
 # ----------------------------------------------------------------------------- JavaScript

@@ -287,33 +287,29 @@ async def test_delete_session_kills_its_processes_only(mcp: Tools) -> None:
     assert await alive(mcp, other["pid"])
 
 
-async def test_a_running_process_keeps_its_session_from_expiring(manager_factory: Any) -> None:
-    async with manager_factory(session_idle_timeout=1) as manager:
-        async with Client(build_server(manager)) as client:
-            mcp = Tools(client, "")
-            for name in ("serving", "idle"):
-                await mcp("create_session", session_id=name)
-            await mcp("start_process", command="sleep 300", session_id="serving", process_id="server")
-            await anyio.sleep(2.5)
-            sessions = {s["session_id"] for s in (await mcp("list_sessions"))["sessions"]}
-            assert sessions == {"default", "serving"}
-            assert (await mcp("list_processes"))["processes"][0]["status"] == "running"
-            await mcp("kill_process", process_id="server")
-            await anyio.sleep(2.5)
-            sessions = {s["session_id"] for s in (await mcp("list_sessions"))["sessions"]}
-            assert sessions == {"default"}
+async def test_a_running_process_keeps_its_session_from_expiring(mcp_with: Any) -> None:
+    async with mcp_with(session_idle_timeout=1) as mcp:
+        for name in ("serving", "idle"):
+            await mcp("create_session", session_id=name)
+        await mcp("start_process", command="sleep 300", session_id="serving", process_id="server")
+        await anyio.sleep(2.5)
+        sessions = {s["session_id"] for s in (await mcp("list_sessions"))["sessions"]}
+        assert sessions == {"default", "serving"}
+        assert (await mcp("list_processes"))["processes"][0]["status"] == "running"
+        await mcp("kill_process", process_id="server")
+        await anyio.sleep(2.5)
+        sessions = {s["session_id"] for s in (await mcp("list_sessions"))["sessions"]}
+        assert sessions == {"default"}
 
 
-async def test_running_processes_are_limited(manager_factory: Any) -> None:
-    async with manager_factory(max_processes=2) as manager:
-        async with Client(build_server(manager)) as client:
-            mcp = Tools(client, "")
-            for name in ("one", "two"):
-                await mcp("start_process", command="sleep 300", process_id=name)
-            text = await mcp.error("start_process", command="true")
-            assert "LIMIT_REACHED" in text and "kill_process" in text
-            await mcp("kill_process", process_id="one", signal="KILL")
-            assert (await mcp("start_process", command="true", process_id="three"))["status"] == "running"
+async def test_running_processes_are_limited(mcp_with: Any) -> None:
+    async with mcp_with(max_processes=2) as mcp:
+        for name in ("one", "two"):
+            await mcp("start_process", command="sleep 300", process_id=name)
+        text = await mcp.error("start_process", command="true")
+        assert "LIMIT_REACHED" in text and "kill_process" in text
+        await mcp("kill_process", process_id="one", signal="KILL")
+        assert (await mcp("start_process", command="true", process_id="three"))["status"] == "running"
 
 
 async def test_kill_all_processes(mcp: Tools) -> None:

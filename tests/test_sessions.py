@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from typing import Any
 
 import anyio
 import pytest
@@ -153,31 +154,19 @@ async def test_network_is_off_by_default(mcp: Tools) -> None:
         assert r["stdout"] == "lo\n"
 
 
-async def test_max_sandboxes_limit(manager_factory) -> None:  # type: ignore[no-untyped-def]
-    from mcp.client import Client
-
-    from mcp_sandbox.server import build_server
-
-    async with manager_factory(max_sandboxes=2) as manager:
-        async with Client(build_server(manager)) as client:
-            tools = Tools(client, "")
-            await tools("create_sandbox")
-            await tools("create_sandbox")
-            err = await tools.error("create_sandbox")
-            assert "LIMIT_REACHED" in err and "destroy" in err
+async def test_max_sandboxes_limit(mcp_with: Any) -> None:
+    async with mcp_with(max_sandboxes=2) as tools:
+        await tools("create_sandbox")
+        await tools("create_sandbox")
+        err = await tools.error("create_sandbox")
+        assert "LIMIT_REACHED" in err and "destroy" in err
 
 
-async def test_max_sessions_limit(manager_factory) -> None:  # type: ignore[no-untyped-def]
-    from mcp.client import Client
-
-    from mcp_sandbox.server import build_server
-
-    async with manager_factory(max_sessions=3) as manager:
-        async with Client(build_server(manager)) as client:
-            tools = Tools(client, "")
-            await tools("create_session")
-            await tools("create_session")
-            err = await tools.error("create_session")
-            assert "LIMIT_REACHED" in err and "delete_session" in err
-            info = await tools("sandbox_info")
-            assert info["limits"]["max_sessions"] == 3
+async def test_max_sessions_limit(mcp_with: Any) -> None:
+    async with mcp_with(max_sessions=3) as tools:
+        await tools("create_session")
+        await tools("create_session")
+        err = await tools.error("create_session")
+        assert "LIMIT_REACHED" in err and "delete_session" in err
+        info = await tools("sandbox_info")
+        assert info["limits"]["max_sessions"] == 3
