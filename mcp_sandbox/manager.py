@@ -143,6 +143,11 @@ class SandboxManager:
         sandbox.last_used_at = time.time()
         return sandbox
 
+    @property
+    def default_id(self) -> str | None:
+        """The default sandbox's id, if it exists now (without creating it)."""
+        return self._default_id if self._default_id in self.sandboxes else None
+
     async def _find(self, sandbox_id: str | None) -> Sandbox:
         if sandbox_id is not None:
             sandbox = self.sandboxes.get(sandbox_id)

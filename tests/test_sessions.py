@@ -170,3 +170,8 @@ async def test_max_sessions_limit(mcp_with: Any) -> None:
         assert "LIMIT_REACHED" in err and "delete_session" in err
         info = await tools("sandbox_info")
         assert info["limits"]["max_sessions"] == 3
+
+
+async def test_destroy_before_any_default_sandbox_creates_nothing(mcp: Tools) -> None:
+    assert "SANDBOX_NOT_FOUND" in await mcp.error("destroy")
+    assert (await mcp.sh("echo works"))["stdout"] == "works\n"

@@ -412,6 +412,17 @@ def _decode(data: bytes, final: bool) -> Optional[str]:
         return None
 
 
+def _after_lines(data: bytes, count: int) -> Tuple[int, int]:
+    """The index just past the first ``count`` newlines of ``data``, and how many there were."""
+    index = 0
+    for found in range(count):
+        end = data.find(b"\n", index)
+        if end < 0:
+            return index, found
+        index = end + 1
+    return index, count
+
+
 def _read_lines(f: IO[bytes], first: int, limit: Optional[int], cap: int) -> Tuple[bytes, bool, Optional[int]]:
     """Lines ``first`` (1-based) onwards: at most ``limit`` lines and ``cap`` bytes.
 
@@ -423,13 +434,8 @@ def _read_lines(f: IO[bytes], first: int, limit: Optional[int], cap: int) -> Tup
         block = f.read(_BLOCK)
         if not block:
             return b"", False, None
-        index = 0
-        while line < first:
-            found = block.find(b"\n", index)
-            if found < 0:
-                break
-            index = found + 1
-            line += 1
+        index, skipped = _after_lines(block, first - line)
+        line += skipped
         if line == first:
             rest = block[index:]
     want = cap + 1 - len(rest)
@@ -437,14 +443,7 @@ def _read_lines(f: IO[bytes], first: int, limit: Optional[int], cap: int) -> Tup
     more = len(data) > cap
     data = data[:cap]
     if limit is not None:
-        index = 0
-        count = 0
-        while count < limit:
-            found = data.find(b"\n", index)
-            if found < 0:
-                break
-            index = found + 1
-            count += 1
+        index, count = _after_lines(data, limit)
         if count == limit:
             follows = index < len(data) or more
             return data[:index], False, first + limit if follows else None

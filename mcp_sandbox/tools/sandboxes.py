@@ -9,6 +9,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp_types import CallToolResult
 from pydantic import Field
 
+from ..errors import SandboxError
 from ..manager import SandboxManager
 from ..models import Destroyed, Limits, SandboxCreated, SandboxInfo
 from ..sandbox import timestamp
@@ -69,6 +70,11 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         """Destroy a sandbox: kill every command, process and interpreter in it and delete its
         files. Irreversible. Without sandbox_id it destroys the default sandbox; the next call
         without sandbox_id then gets a fresh one."""
-        sandbox = await manager.get(sandbox_id)
-        await manager.destroy(sandbox.id)
-        return result(Destroyed(sandbox_id=sandbox.id), f"Destroyed sandbox {sandbox.id}.")
+        if sandbox_id is None and manager.allows_default and manager.default_id is None:
+            # Nothing to destroy: do not create the default sandbox only to remove it.
+            raise SandboxError(
+                "SANDBOX_NOT_FOUND", "the default sandbox does not exist yet; there is nothing to destroy"
+            )
+        target = sandbox_id if sandbox_id is not None else (await manager.get(None)).id
+        await manager.destroy(target)
+        return result(Destroyed(sandbox_id=target), f"Destroyed sandbox {target}.")
