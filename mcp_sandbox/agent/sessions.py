@@ -8,6 +8,13 @@ trap (so ``exit N`` is covered) writes the new state into the other of two gener
 ``cwd`` last. The agent switches to that generation only when the command ended by itself: a
 timeout or cancel kills one process group and loses nothing else. (Switching generations instead of
 renaming files saves a few renames per command, a sizeable part of an ``exec``.)
+
+Starting bash and restoring the state is most of an ``exec``'s cost, so each idle session keeps a
+*standby* bash that has already restored the current state and waits on a pipe. A command writes
+its script to a file and one byte to the pipe; the standby sources the script and evals the
+command. A standby is used only while the state it restored is still the session's (same
+generation, no ``set_env_vars`` since, same cwd inode); otherwise it is killed and a fresh bash
+runs the command, as it does for commands with ``stdin``.
 """
 
 from __future__ import annotations
@@ -16,10 +23,11 @@ import asyncio
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections import deque
-from typing import Any, Awaitable, Callable, Deque, Dict, FrozenSet, List, Optional
+from typing import Any, Awaitable, Callable, Deque, Dict, FrozenSet, List, Optional, Tuple
 
 from .capture import Capture
 from .children import Children
@@ -75,6 +83,47 @@ def env_lines(env: Dict[str, Optional[str]]) -> str:
     )
 
 
+class Standby:
+    """A bash that restored one generation of a session's state and waits for its command."""
+
+    def __init__(
+        self,
+        pid: int,
+        exited: "asyncio.Future[int]",
+        number: int,
+        generation: int,
+        state_version: int,
+        cwd_id: Tuple[int, int],
+        go_fd: int,
+        out_fds: Dict[str, int],
+    ) -> None:
+        self.pid = pid
+        self.exited = exited
+        self.number = number
+        self.generation = generation
+        self.state_version = state_version
+        self.cwd_id = cwd_id
+        self.go_fd = go_fd
+        self.out_fds = out_fds
+
+    def go(self) -> None:
+        os.write(self.go_fd, b"g")
+        os.close(self.go_fd)
+
+    def discard(self) -> None:
+        """Kill it (it started nothing yet: one process, its own group) and close its pipes."""
+        if not self.exited.done():
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for fd in (self.go_fd, *self.out_fds.values()):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 class Session:
     def __init__(self, session_id: str, directory: str, cwd: str, timeout: Optional[float]) -> None:
         self.id = session_id
@@ -87,6 +136,8 @@ class Session:
         self.running: Optional["asyncio.Task[Any]"] = None
         self.commands = 0
         self.generation = 0
+        self.state_version = 0  # bumped by set_env_vars, which edits the state in place
+        self.standby: Optional[Standby] = None
 
     def path(self, name: str, generation: Optional[int] = None) -> str:
         """A state file of the current generation (or of the one given)."""
@@ -106,22 +157,41 @@ class Session:
 
     def script(self, command: str, env: Dict[str, Optional[str]], cwd: Optional[str]) -> str:
         """The bash program for one command; with a per-command cwd or env nothing is saved."""
-        if cwd is not None or env:
-            return self.unsaved_script(command, env, cwd)
-        lines = self._restore_lines()
-        lines.append("builtin trap -- %s EXIT" % sq(self._save_trap()))
-        lines.append("builtin eval -- %s" % sq(command))
-        return "\n".join(lines) + "\n"
+        return "\n".join(self._restore_lines() + self._command_lines(env, cwd) + ["builtin eval -- %s" % sq(command)]) + "\n"
 
     def unsaved_script(self, command: str, env: Dict[str, Optional[str]], cwd: Optional[str]) -> str:
         """The session's state now, plus ``cwd``/``env``, and nothing saved back (background
-        processes, and commands with their own cwd or env)."""
-        lines = self._restore_lines()
-        if cwd is not None:
-            lines.append("builtin cd -- %s || builtin exit 1" % sq(cwd))
-        lines.append(env_lines(env).rstrip("\n"))
-        lines.append("builtin eval -- %s" % sq(command))
-        return "\n".join(line for line in lines if line) + "\n"
+        processes)."""
+        return self.script(command, env, cwd if cwd is not None else self.cwd)
+
+    def standby_script(self, go_fd: int) -> str:
+        """Restore the state, wait for a byte on ``go_fd``, source the command file, run its command."""
+        return "\n".join(
+            self._restore_lines()
+            + [
+                "builtin read -r -N 1 -u %d __mcp_go || builtin exit 125" % go_fd,
+                "builtin exec %d<&-" % go_fd,
+                "builtin source %s" % sq(self.command_path()),
+                'builtin eval -- "builtin unset -v __mcp_cmd"$\'\\n\'"$__mcp_cmd"',
+            ]
+        ) + "\n"
+
+    def command_file(self, command: str, env: Dict[str, Optional[str]], cwd: Optional[str]) -> str:
+        """What a standby sources once woken: the per-command setup, and the command in ``__mcp_cmd``."""
+        lines = ["builtin unset -v __mcp_go", "SECONDS=0"] + self._command_lines(env, cwd)
+        lines.append("__mcp_cmd=%s" % sq(command))
+        return "\n".join(lines) + "\n"
+
+    def command_path(self) -> str:
+        return os.path.join(self.dir, "command")
+
+    def _command_lines(self, env: Dict[str, Optional[str]], cwd: Optional[str]) -> List[str]:
+        """Between the restore and the command: per-command cwd and env (and then nothing is
+        saved), or the EXIT trap that saves the state."""
+        if cwd is None and not env:
+            return ["builtin trap -- %s EXIT" % sq(self._save_trap())]
+        lines = [] if cwd is None else ["builtin cd -- %s || builtin exit 1" % sq(cwd)]
+        return lines + env_lines(env).splitlines()
 
     def _restore_lines(self) -> List[str]:
         return [
@@ -182,6 +252,7 @@ class Session:
             f.write(self.cwd)
 
     def append_env(self, env: Dict[str, Optional[str]]) -> None:
+        self.state_version += 1
         with open(self.path("vars"), "a", encoding="utf-8", errors="surrogateescape") as f:
             f.write(env_lines(env))
 
@@ -262,6 +333,7 @@ class Sessions:
         session = Session(session_id, os.path.join(self._dir, session_id), self.resolve_dir(params.get("cwd")), timeout)
         session.write_initial_state(env)
         self.sessions[session_id] = session
+        self._prepare(session)
         return {"session_id": session_id, "cwd": session.cwd}
 
     def list(self) -> Dict[str, Any]:
@@ -272,6 +344,7 @@ class Sessions:
             raise AgentError("DEFAULT_SESSION", "the default session cannot be deleted; delete another session")
         session = self.get(session_id)
         del self.sessions[session_id]
+        self._drop_standby(session)
         if session.running is not None:
             session.running.cancel()
         self._children.kill(None, "exec:%s:" % session_id)
@@ -286,6 +359,8 @@ class Sessions:
         async with session.lock:
             session.append_env(env)
             session.last_used_at = time.time()
+            self._drop_standby(session)
+        self._prepare(session)
         return {
             "session_id": session.id,
             "set": [k for k, v in env.items() if v is not None],
@@ -312,6 +387,8 @@ class Sessions:
             finally:
                 session.running = None
                 session.last_used_at = time.time()
+                # After the response is written (this task's step ends first): the next standby.
+                asyncio.get_running_loop().call_soon(self._prepare, session)
 
     async def _run(
         self,
@@ -323,36 +400,53 @@ class Sessions:
         stdin: Optional[str],
         timeout: float,
     ) -> Dict[str, Any]:
-        session.commands += 1
+        standby = self._take_standby(session) if stdin is None else None
+        if standby is None:
+            self._drop_standby(session)
+        session.commands = standby.number if standby is not None else session.commands + 1
         tag = "exec:%s:%d;" % (session.id, session.commands)
         stem = os.path.join(self._output_dir, "%s-%d" % (session.id, session.commands))
         captures = {name: Capture(self._max_output, "%s.%s" % (stem, name)) for name in ("stdout", "stderr")}
         live = bool(request.params.get("stream"))
-        readers = {}
-        fds = {}
-        for name in ("stdout", "stderr"):
-            r, w = make_pipe()
-            fds[name] = w
-            readers[name] = PipeReader(r, captures[name], live=live)
-        stdin_r = None
-        if stdin is not None:
-            stdin_r, stdin_w = os.pipe()
-        started = time.monotonic()
         session.discard_new_state()
-        try:
-            pid, exited = self._children.spawn(
-                [self._bash, "--noprofile", "--norc", "-c", session.script(command, env, cwd), "bash"],
-                tag=tag,
-                env={"PATH": self._base_env.get("PATH", os.defpath)},
-                stdin=stdin_r if stdin_r is not None else subprocess.DEVNULL,
-                stdout=fds["stdout"],
-                stderr=fds["stderr"],
-            )
-        finally:
-            for fd in fds.values():
-                os.close(fd)
-            if stdin_r is not None:
-                os.close(stdin_r)
+        started = time.monotonic()
+        if standby is not None:
+            try:
+                with open(session.command_path(), "w", encoding="utf-8", errors="surrogateescape") as f:
+                    f.write(session.command_file(command, env, cwd))
+                standby.go()
+            except OSError:  # it died meanwhile, or the disk is full: a fresh bash will say
+                standby.discard()
+                standby = None
+        if standby is not None:
+            pid, exited, out_fds = standby.pid, standby.exited, standby.out_fds
+        else:
+            fds = {}
+            out_fds = {}
+            for name in ("stdout", "stderr"):
+                out_fds[name], fds[name] = make_pipe()
+            stdin_r = None
+            if stdin is not None:
+                stdin_r, stdin_w = os.pipe()
+            try:
+                pid, exited = self._children.spawn(
+                    [self._bash, "--noprofile", "--norc", "-c", session.script(command, env, cwd), "bash"],
+                    tag=tag,
+                    env={"PATH": self._base_env.get("PATH", os.defpath)},
+                    stdin=stdin_r if stdin_r is not None else subprocess.DEVNULL,
+                    stdout=fds["stdout"],
+                    stderr=fds["stderr"],
+                )
+            except OSError:
+                for fd in out_fds.values():
+                    os.close(fd)
+                raise
+            finally:
+                for fd in fds.values():
+                    os.close(fd)
+                if stdin_r is not None:
+                    os.close(stdin_r)
+        readers = {name: PipeReader(out_fds[name], captures[name], live=live) for name in ("stdout", "stderr")}
         if stdin is not None:
             asyncio.get_running_loop().run_in_executor(None, _write_all, stdin_w, stdin.encode("utf-8", "surrogateescape"))
         progress = asyncio.ensure_future(_progress(request, captures)) if live else None
@@ -399,6 +493,67 @@ class Sessions:
                 result["truncated"] = True
                 self._keep_spill(path)
         return result
+
+    def _prepare(self, session: Session) -> None:
+        """Start the session's standby bash, unless it has one, is busy or is gone."""
+        if session.standby is not None or session.lock.locked() or self.sessions.get(session.id) is not session:
+            return
+        try:
+            cwd = os.stat(session.cwd)
+            go_r, go_w = os.pipe()
+        except OSError:
+            return
+        fds: Dict[str, int] = {}
+        out_fds: Dict[str, int] = {}
+        number = session.commands + 1
+        try:
+            for name in ("stdout", "stderr"):
+                out_fds[name], fds[name] = make_pipe()
+            pid, exited = self._children.spawn(
+                [self._bash, "--noprofile", "--norc", "-c", session.standby_script(go_r), "bash"],
+                tag="exec:%s:%d;" % (session.id, number),
+                env={"PATH": self._base_env.get("PATH", os.defpath)},
+                stdout=fds["stdout"],
+                stderr=fds["stderr"],
+                pass_fds=(go_r,),
+            )
+        except OSError:  # out of processes or fds: commands start their own bash meanwhile
+            for fd in (go_w, *out_fds.values()):
+                os.close(fd)
+            return
+        finally:
+            os.close(go_r)
+            for fd in fds.values():
+                os.close(fd)
+        session.standby = Standby(
+            pid, exited, number, session.generation, session.state_version, (cwd.st_dev, cwd.st_ino), go_w, out_fds
+        )
+
+    def _take_standby(self, session: Session) -> Optional[Standby]:
+        """The session's standby if it still matches the session's state; it is then no longer kept."""
+        standby, session.standby = session.standby, None
+        if standby is None:
+            return None
+        try:
+            cwd = os.stat(session.cwd)
+            current = (cwd.st_dev, cwd.st_ino)
+        except OSError:
+            current = None
+        if (
+            standby.exited.done()
+            or standby.generation != session.generation
+            or standby.state_version != session.state_version
+            or standby.number != session.commands + 1
+            or standby.cwd_id != current
+        ):
+            standby.discard()
+            return None
+        return standby
+
+    def _drop_standby(self, session: Session) -> None:
+        if session.standby is not None:
+            session.standby.discard()
+            session.standby = None
 
     def _keep_spill(self, path: Optional[str]) -> None:
         if path is None:
