@@ -90,6 +90,20 @@ async def median_ms(fn: Callable[[], Awaitable[Any]], runs: int, warmup: int = 2
     return statistics.median(samples)
 
 
+async def interleaved_medians_ms(fns: dict[str, Callable[[], Awaitable[Any]]], runs: int, warmup: int = 2) -> dict[str, float]:
+    """Medians of several measurements taken in turn, so that a noisy moment hits them all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            await fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            await fn()
+            samples[name].append((time.perf_counter() - started) * 1000)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def sync_median_ms(fn: Callable[[], Any], runs: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()

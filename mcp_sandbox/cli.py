@@ -18,6 +18,7 @@ from .http import serve_http
 from .manager import SandboxManager
 from .server import build_server
 from .settings import Settings
+from .stdio import serve_stdio
 
 logger = logging.getLogger("mcp_sandbox")
 
@@ -88,7 +89,7 @@ async def serve(settings: Settings) -> None:
 
             tg.start_soon(stop_on_signal)
             if settings.transport == "stdio":
-                await server.run_stdio_async()
+                await serve_stdio(server)
                 logger.info("stdin closed; destroying all sandboxes")
             else:
                 await serve_http(server, settings)

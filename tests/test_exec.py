@@ -74,6 +74,45 @@ async def test_virtualenv_activation_persists(mcp: Tools) -> None:
     assert r["stdout"] == "/ve\n/ve/bin\nyes\n"
 
 
+async def test_shell_options_persist_and_noclobber_does_not_stop_saving(mcp: Tools) -> None:
+    await mcp.sh("set -o noclobber -o pipefail; shopt -s globstar extglob; shopt -u sourcepath; export A=1")
+    await mcp.sh("export B=2; cd /tmp")
+    r = await mcp.sh("echo $A$B; pwd; [[ $- == *C* ]] && echo C; shopt -q globstar extglob && echo shopt; shopt sourcepath")
+    assert r["stdout"].splitlines() == ["12", "/tmp", "C", "shopt", "sourcepath     \toff"]
+    await mcp.sh("set +C +o pipefail; shopt -u globstar extglob; shopt -s sourcepath")
+    r = await mcp.sh("echo $-; set -o | grep -c 'pipefail.*on' || true; shopt globstar sourcepath")
+    assert "C" not in r["stdout"].splitlines()[0]
+    assert r["stdout"].splitlines()[1:] == ["0", "globstar       \toff", "sourcepath     \ton"]
+
+
+async def test_cd_dash_and_odd_directory_names(mcp: Tools) -> None:
+    await mcp.sh("mkdir -p /tmp/one $'/tmp/new\nline dir' && cd /tmp/one")
+    r = await mcp.sh("cd $'/tmp/new\nline dir'")
+    assert r["cwd"] == "/tmp/new\nline dir"
+    r = await mcp.sh("cd - >/dev/null; pwd")
+    assert r["stdout"] == "/tmp/one\n" and r["cwd"] == "/tmp/one"
+    r = await mcp.sh("cd -")
+    assert r["cwd"] == "/tmp/new\nline dir"
+
+
+async def test_cwd_removed_and_recreated_between_commands(mcp: Tools) -> None:
+    await mcp.sh("mkdir -p /tmp/gone && cd /tmp/gone && touch old")
+    await mcp("delete_file", path="/tmp/gone", recursive=True)
+    await mcp("mkdir", path="/tmp/gone")
+    await mcp("write_file", path="/tmp/gone/new", content="x")
+    r = await mcp.sh("ls; pwd")
+    assert r["stdout"] == "new\n/tmp/gone\n"
+
+
+async def test_very_long_command(mcp: Tools) -> None:
+    # Longer than one argument may be (128 KiB): the command must not travel on a command line.
+    r = await mcp.sh("x='" + "a" * 300_000 + "'; echo ${#x}")
+    assert r["stdout"] == "300000\n"
+    assert (await mcp.sh("echo ${#x}"))["stdout"] == "300000\n"
+    r = await mcp.sh("y='" + "b" * 300_000 + "'; echo ${#y}; cat", stdin="in")
+    assert r["stdout"] == "300000\nin"
+
+
 async def test_random_and_seconds_are_not_frozen(mcp: Tools) -> None:
     a = (await mcp.sh("echo $RANDOM$RANDOM"))["stdout"]
     b = (await mcp.sh("echo $RANDOM$RANDOM"))["stdout"]

@@ -1,20 +1,23 @@
 """Shell sessions: every command a fresh bash that restores the session's saved state.
 
-A session's state is three files: ``vars`` (aliases, functions, variables with their attributes,
-umask and the ``cd`` back to the cwd, as bash prints them), ``opts`` (``set``/``shopt`` options,
-applied last so that ``set -e`` cannot stop the restore) and ``cwd``. A command's bash sources
-them, runs the command through ``eval`` so ``cd``/``export``/functions take effect, and an EXIT
-trap (so ``exit N`` is covered) writes the new state into the other of two generation directories,
-``cwd`` last. The agent switches to that generation only when the command ended by itself: a
-timeout or cancel kills one process group and loses nothing else. (Switching generations instead of
-renaming files saves a few renames per command, a sizeable part of an ``exec``.)
+A session's state is one file, ``state``: the ``set``/``shopt`` options as comments, then
+aliases, functions, the ``cd`` back to the cwd, variables with their attributes and umask, as bash
+prints them, then ``return`` and the raw cwd (never parsed: sourcing stops at the ``return``). A
+command's bash sources it, applies the options (last, so that ``set -e`` cannot stop the restore),
+runs the command through ``eval`` so ``cd``/``export``/functions take effect, and an EXIT trap (so
+``exit N`` is covered) writes the new state, with one redirection, into the other of two
+generation directories. The agent switches to that generation only when the command ended by
+itself and the file is whole: a timeout or cancel kills one process group and loses nothing else.
+The trap does as few writes as it can (options come from ``$SHELLOPTS``/``$BASHOPTS``, not from
+printing every option), and writes a new file rather than truncating one, which is slow on ext4.
 
 Starting bash and restoring the state is most of an ``exec``'s cost, so each idle session keeps a
-*standby* bash that has already restored the current state and waits on a pipe. A command writes
-its script to a file and one byte to the pipe; the standby sources the script and evals the
-command. A standby is used only while the state it restored is still the session's (same
-generation, no ``set_env_vars`` since, same cwd inode); otherwise it is killed and a fresh bash
-runs the command, as it does for commands with ``stdin``.
+*standby* bash that has already restored the current state and sources a pipe. A command writes its
+setup and text into the pipe and closes it; the standby then evals the command (the text never goes
+on a command line, so it may be longer than an argument may be). A standby is used only while the
+state it restored is still the session's (same generation, no ``set_env_vars`` since, same cwd
+inode); otherwise, and for commands with ``stdin``, a new bash is started the same way and handed
+the command at once.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import signal
 import subprocess
 import time
 from collections import deque
-from typing import Any, Awaitable, Callable, Deque, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Tuple
 
 from .capture import Capture
 from .children import Children
@@ -37,9 +40,12 @@ from .protocol import AgentError, Request
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TIMEOUT_EXIT_CODE = 124
+# Ends a state file: sourcing stops at the return, and the agent reads the raw cwd after it.
+_CWD_MARKER = "\nbuiltin return 0\n#cwd:"
 PROGRESS_INTERVAL = 0.25
 PROGRESS_MAX_BYTES = 16 * 1024
 KEPT_SPILL_FILES = 20
+_PIPE_MIN_BUFFER = 65536  # what any pipe holds: a write this big never blocks on an empty pipe
 
 # Variables that belong to one bash process and must not be carried to the next one.
 _VOLATILE = (
@@ -93,8 +99,8 @@ class Standby:
         number: int,
         generation: int,
         state_version: int,
-        cwd_id: Tuple[int, int],
-        go_fd: int,
+        cwd_id: Optional[Tuple[int, int]],
+        command_fd: int,
         out_fds: Dict[str, int],
     ) -> None:
         self.pid = pid
@@ -103,12 +109,18 @@ class Standby:
         self.generation = generation
         self.state_version = state_version
         self.cwd_id = cwd_id
-        self.go_fd = go_fd
+        self.command_fd = command_fd
         self.out_fds = out_fds
 
-    def go(self) -> None:
-        os.write(self.go_fd, b"g")
-        os.close(self.go_fd)
+    def go(self, text: str) -> None:
+        """Hand it its command: write the text into the pipe it sources, then close the pipe."""
+        data = text.encode("utf-8", "surrogateescape")
+        if len(data) <= _PIPE_MIN_BUFFER:
+            os.write(self.command_fd, data)
+            os.close(self.command_fd)
+        else:  # the standby reads while a thread writes
+            asyncio.get_running_loop().run_in_executor(None, _write_all, self.command_fd, data)
+        self.command_fd = -1
 
     def discard(self) -> None:
         """Kill it (it started nothing yet: one process, its own group) and close its pipes."""
@@ -117,7 +129,7 @@ class Standby:
                 os.kill(self.pid, signal.SIGKILL)
             except OSError:
                 pass
-        for fd in (self.go_fd, *self.out_fds.values()):
+        for fd in (self.command_fd, *self.out_fds.values()):
             try:
                 os.close(fd)
             except OSError:
@@ -137,6 +149,7 @@ class Session:
         self.commands = 0
         self.generation = 0
         self.state_version = 0  # bumped by set_env_vars, which edits the state in place
+        self.opts: List[str] = []  # commands that set the options differing from bash's defaults
         self.standby: Optional[Standby] = None
 
     def path(self, name: str, generation: Optional[int] = None) -> str:
@@ -155,35 +168,29 @@ class Session:
             "last_used_at": self.last_used_at,
         }
 
-    def script(self, command: str, env: Dict[str, Optional[str]], cwd: Optional[str]) -> str:
-        """The bash program for one command; with a per-command cwd or env nothing is saved."""
-        return "\n".join(self._restore_lines() + self._command_lines(env, cwd) + ["builtin eval -- %s" % sq(command)]) + "\n"
+    def unsaved_script(self, command: str, env: Dict[str, Optional[str]], cwd: str) -> str:
+        """The bash program for a background process: the session's state now, plus ``cwd`` and
+        ``env``, and nothing saved back."""
+        lines = self._restore_lines() + self._command_lines(env, cwd) + ["builtin eval -- %s" % sq(command)]
+        return "\n".join(lines) + "\n"
 
-    def unsaved_script(self, command: str, env: Dict[str, Optional[str]], cwd: Optional[str]) -> str:
-        """The session's state now, plus ``cwd``/``env``, and nothing saved back (background
-        processes)."""
-        return self.script(command, env, cwd if cwd is not None else self.cwd)
-
-    def standby_script(self, go_fd: int) -> str:
-        """Restore the state, wait for a byte on ``go_fd``, source the command file, run its command."""
+    def standby_script(self, command_fd: int) -> str:
+        """Restore the state, source what comes through ``command_fd`` (it waits there for the
+        command), close it, then run the command."""
         return "\n".join(
             self._restore_lines()
             + [
-                "builtin read -r -N 1 -u %d __mcp_go || builtin exit 125" % go_fd,
-                "builtin exec %d<&-" % go_fd,
-                "builtin source %s" % sq(self.command_path()),
+                "builtin source /proc/self/fd/%d || builtin exit 126" % command_fd,
+                "builtin exec %d<&-" % command_fd,
                 'builtin eval -- "builtin unset -v __mcp_cmd"$\'\\n\'"$__mcp_cmd"',
             ]
         ) + "\n"
 
-    def command_file(self, command: str, env: Dict[str, Optional[str]], cwd: Optional[str]) -> str:
-        """What a standby sources once woken: the per-command setup, and the command in ``__mcp_cmd``."""
-        lines = ["builtin unset -v __mcp_go", "SECONDS=0"] + self._command_lines(env, cwd)
+    def standby_command(self, command: str, env: Dict[str, Optional[str]], cwd: Optional[str]) -> str:
+        """What a standby sources: the per-command setup, and the command in ``__mcp_cmd``."""
+        lines = ["SECONDS=0"] + self._command_lines(env, cwd)
         lines.append("__mcp_cmd=%s" % sq(command))
         return "\n".join(lines) + "\n"
-
-    def command_path(self) -> str:
-        return os.path.join(self.dir, "command")
 
     def _command_lines(self, env: Dict[str, Optional[str]], cwd: Optional[str]) -> List[str]:
         """Between the restore and the command: per-command cwd and env (and then nothing is
@@ -194,67 +201,93 @@ class Session:
         return lines + env_lines(env).splitlines()
 
     def _restore_lines(self) -> List[str]:
-        return [
-            "builtin source %s 2>/dev/null" % sq(self.path("vars")),
-            "builtin unset -v __mcp_ec",
-            "builtin source %s 2>/dev/null" % sq(self.path("opts")),
-            "builtin shopt -s expand_aliases",
-        ]
+        return (
+            ["builtin source %s 2>/dev/null" % sq(self.path("state")), "builtin unset -v __mcp_ec"]
+            + ["%s 2>/dev/null" % line for line in self.opts]
+            + ["builtin shopt -s expand_aliases"]
+        )
 
     def _save_trap(self) -> str:
         return "\n".join(
             [
                 "__mcp_ec=$?",
-                "{ builtin set +o; builtin shopt -p; } >%s 2>/dev/null" % sq(self.next_path("opts")),
+                "{ builtin printf '#%s\\n#%s\\n' \"$SHELLOPTS\" \"$BASHOPTS\"",
                 "builtin set +e +u +o pipefail",
-                "{ builtin alias -p; builtin declare -f; } >%s 2>/dev/null" % sq(self.next_path("vars")),
-                "builtin unset -v %s 2>/dev/null" % _VOLATILE,
-                "{ builtin declare -p; builtin umask -p; builtin printf 'builtin cd -- %%q\\n' \"$PWD\"; }"
-                " >>%s 2>/dev/null" % sq(self.next_path("vars")),
-                "builtin printf '%%s' \"$PWD\" >%s" % sq(self.next_path("cwd")),
+                "builtin alias -p; builtin declare -f",
+                "builtin unset -v %s" % _VOLATILE,
+                # cd before the variables, so that OLDPWD keeps its value and ``cd -`` works
+                "builtin printf 'builtin cd -- %q\\n' \"$PWD\"",
+                "builtin declare -p; builtin umask -p",
+                "builtin printf '%s%%s' \"$PWD\"" % _CWD_MARKER.replace("\n", "\\n"),
+                "} >%s 2>/dev/null" % sq(self.next_path("state")),
                 "builtin exit \"$__mcp_ec\"",
             ]
         )
 
-    def adopt_new_state(self, default_opts: FrozenSet[bytes]) -> None:
-        """Switch to the state the command's EXIT trap wrote, if it wrote it all.
-
-        Options still at bash's defaults are dropped: restoring them would cost every command.
-        """
+    def adopt_new_state(self, defaults: "Options") -> None:
+        """Switch to the state the command's EXIT trap wrote, if it wrote it all."""
         try:
-            with open(self.next_path("cwd"), "rb") as f:
-                cwd = f.read().decode("utf-8", "replace")
-            with open(self.next_path("opts"), "rb") as f:
-                opts = [line for line in f.read().splitlines() if line not in default_opts]
-            with open(self.next_path("opts"), "wb") as f:
-                f.write(b"".join(line + b"\n" for line in opts))
+            with open(self.next_path("state"), "rb") as f:
+                state = f.read()
         except OSError:
-            return  # the trap did not run to the end (the command replaced bash with exec, ...)
+            return  # the trap did not run (the command replaced bash with exec, ...)
+        marker = state.rfind(_CWD_MARKER.encode())
+        header = state.split(b"\n", 2)
+        if marker < 0 or len(header) < 3 or not header[0].startswith(b"#") or not header[1].startswith(b"#"):
+            return  # the trap was cut short
+        self.opts = defaults.commands(header[0][1:].decode(), header[1][1:].decode())
         self.generation = 1 - self.generation
-        self.cwd = cwd
+        self.cwd = state[marker + len(_CWD_MARKER) :].decode("utf-8", "surrogateescape")
 
     def discard_new_state(self) -> None:
-        """Forget a half-written next generation: without its ``cwd`` it is never adopted."""
+        """Remove the next generation's state: the trap then creates a new file (and a half-written
+        one is never adopted)."""
         try:
-            os.unlink(self.next_path("cwd"))
+            os.unlink(self.next_path("state"))
         except OSError:
             pass
 
     def write_initial_state(self, env: Dict[str, Optional[str]]) -> None:
         os.makedirs(self.path(""), exist_ok=True)
         os.makedirs(self.next_path(""), exist_ok=True)
-        with open(self.path("vars"), "w", encoding="utf-8", errors="surrogateescape") as f:
+        with open(self.path("state"), "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write(env_lines(env))
             f.write("builtin cd -- %s\n" % sq(self.cwd))
-        with open(self.path("opts"), "w") as f:
-            f.write("")
-        with open(self.path("cwd"), "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write(self.cwd)
 
     def append_env(self, env: Dict[str, Optional[str]]) -> None:
+        """Add exports/unsets to the current state, before its ``return``."""
         self.state_version += 1
-        with open(self.path("vars"), "a", encoding="utf-8", errors="surrogateescape") as f:
-            f.write(env_lines(env))
+        with open(self.path("state"), "rb") as f:
+            state = f.read()
+        marker = state.rfind(_CWD_MARKER.encode())
+        if marker < 0:
+            marker = len(state)
+        lines = env_lines(env).encode("utf-8", "surrogateescape")
+        with open(self.path("state"), "wb") as f:
+            f.write(state[:marker] + b"\n" + lines + state[marker:])
+
+
+class Options:
+    """Bash's default ``set -o`` and ``shopt`` options, to turn saved ones into restore commands."""
+
+    def __init__(self, bash: str) -> None:
+        out = subprocess.run(
+            [bash, "--noprofile", "--norc", "-c", 'builtin printf "%s\\n%s\\n" "$SHELLOPTS" "$BASHOPTS"'],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={},
+        ).stdout.decode().split("\n")
+        self.set_o = frozenset(filter(None, out[0].split(":")))
+        self.shopt = frozenset(filter(None, out[1].split(":"))) if len(out) > 1 else frozenset()
+
+    def commands(self, shellopts: str, bashopts: str) -> List[str]:
+        """The commands that take a fresh bash to these options (only the differences)."""
+        on = frozenset(filter(None, shellopts.split(":")))
+        on_shopt = frozenset(filter(None, bashopts.split(":")))
+        return (
+            ["builtin set -o %s" % name for name in sorted(on - self.set_o)]
+            + ["builtin set +o %s" % name for name in sorted(self.set_o - on)]
+            + ["builtin shopt -s %s" % name for name in sorted(on_shopt - self.shopt)]
+            + ["builtin shopt -u %s" % name for name in sorted(self.shopt - on_shopt)]
+        )
 
 
 class Sessions:
@@ -272,12 +305,7 @@ class Sessions:
         os.makedirs(self._output_dir, exist_ok=True)
         self._spills: Deque[str] = deque()
         self._bash = shutil.which("bash", path=self._base_env.get("PATH")) or "/bin/bash"
-        self._default_opts = frozenset(
-            subprocess.run(
-                [self._bash, "--noprofile", "--norc", "-c", "builtin set +o; builtin shopt -p"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={},
-            ).stdout.splitlines()
-        )
+        self._default_opts = Options(self._bash)
         self.sessions: Dict[str, Session] = {}
         # Called with a session's id when it is deleted, to end what else belongs to it.
         self.on_delete: List[Callable[[str], Awaitable[None]]] = []
@@ -400,52 +428,37 @@ class Sessions:
         stdin: Optional[str],
         timeout: float,
     ) -> Dict[str, Any]:
-        standby = self._take_standby(session) if stdin is None else None
-        if standby is None:
-            self._drop_standby(session)
-        session.commands = standby.number if standby is not None else session.commands + 1
-        tag = "exec:%s:%d;" % (session.id, session.commands)
-        stem = os.path.join(self._output_dir, "%s-%d" % (session.id, session.commands))
-        captures = {name: Capture(self._max_output, "%s.%s" % (stem, name)) for name in ("stdout", "stderr")}
-        live = bool(request.params.get("stream"))
-        session.discard_new_state()
+        text = session.standby_command(command, env, cwd)
         started = time.monotonic()
+        standby = self._take_standby(session) if stdin is None else None
         if standby is not None:
             try:
-                with open(session.command_path(), "w", encoding="utf-8", errors="surrogateescape") as f:
-                    f.write(session.command_file(command, env, cwd))
-                standby.go()
-            except OSError:  # it died meanwhile, or the disk is full: a fresh bash will say
+                standby.go(text)
+            except OSError:  # it died meanwhile: a fresh bash will do
                 standby.discard()
                 standby = None
-        if standby is not None:
-            pid, exited, out_fds = standby.pid, standby.exited, standby.out_fds
-        else:
-            fds = {}
-            out_fds = {}
-            for name in ("stdout", "stderr"):
-                out_fds[name], fds[name] = make_pipe()
+        if standby is None:
+            self._drop_standby(session)
+            session.discard_new_state()
             stdin_r = None
             if stdin is not None:
                 stdin_r, stdin_w = os.pipe()
             try:
-                pid, exited = self._children.spawn(
-                    [self._bash, "--noprofile", "--norc", "-c", session.script(command, env, cwd), "bash"],
-                    tag=tag,
-                    env={"PATH": self._base_env.get("PATH", os.defpath)},
-                    stdin=stdin_r if stdin_r is not None else subprocess.DEVNULL,
-                    stdout=fds["stdout"],
-                    stderr=fds["stderr"],
-                )
+                standby = self._start_bash(session, stdin_r)
             except OSError:
-                for fd in out_fds.values():
-                    os.close(fd)
+                if stdin_r is not None:
+                    os.close(stdin_w)
                 raise
             finally:
-                for fd in fds.values():
-                    os.close(fd)
                 if stdin_r is not None:
                     os.close(stdin_r)
+            standby.go(text)
+        session.commands = standby.number
+        tag = "exec:%s:%d;" % (session.id, session.commands)
+        stem = os.path.join(self._output_dir, "%s-%d" % (session.id, session.commands))
+        captures = {name: Capture(self._max_output, "%s.%s" % (stem, name)) for name in ("stdout", "stderr")}
+        live = bool(request.params.get("stream"))
+        pid, exited, out_fds = standby.pid, standby.exited, standby.out_fds
         readers = {name: PipeReader(out_fds[name], captures[name], live=live) for name in ("stdout", "stderr")}
         if stdin is not None:
             asyncio.get_running_loop().run_in_executor(None, _write_all, stdin_w, stdin.encode("utf-8", "surrogateescape"))
@@ -498,36 +511,44 @@ class Sessions:
         """Start the session's standby bash, unless it has one, is busy or is gone."""
         if session.standby is not None or session.lock.locked() or self.sessions.get(session.id) is not session:
             return
+        session.discard_new_state()  # now rather than on the command's clock
         try:
-            cwd = os.stat(session.cwd)
-            go_r, go_w = os.pipe()
+            session.standby = self._start_bash(session)
+        except OSError:  # out of processes or fds: the command will start its own bash (or say why)
+            pass
+
+    def _start_bash(self, session: Session, stdin: Optional[int] = None) -> Standby:
+        """A bash that restores the session's current state and waits for its command."""
+        try:
+            stat = os.stat(session.cwd)
+            cwd_id: Optional[Tuple[int, int]] = (stat.st_dev, stat.st_ino)
         except OSError:
-            return
+            cwd_id = None  # gone: the bash stays where it starts, as a command's bash would
+        number = session.commands + 1
+        command_r, command_w = os.pipe()
         fds: Dict[str, int] = {}
         out_fds: Dict[str, int] = {}
-        number = session.commands + 1
         try:
             for name in ("stdout", "stderr"):
                 out_fds[name], fds[name] = make_pipe()
             pid, exited = self._children.spawn(
-                [self._bash, "--noprofile", "--norc", "-c", session.standby_script(go_r), "bash"],
+                [self._bash, "--noprofile", "--norc", "-c", session.standby_script(command_r), "bash"],
                 tag="exec:%s:%d;" % (session.id, number),
                 env={"PATH": self._base_env.get("PATH", os.defpath)},
+                stdin=stdin if stdin is not None else subprocess.DEVNULL,
                 stdout=fds["stdout"],
                 stderr=fds["stderr"],
-                pass_fds=(go_r,),
+                pass_fds=(command_r,),
             )
-        except OSError:  # out of processes or fds: commands start their own bash meanwhile
-            for fd in (go_w, *out_fds.values()):
+        except OSError:
+            for fd in (command_w, *out_fds.values()):
                 os.close(fd)
-            return
+            raise
         finally:
-            os.close(go_r)
+            os.close(command_r)
             for fd in fds.values():
                 os.close(fd)
-        session.standby = Standby(
-            pid, exited, number, session.generation, session.state_version, (cwd.st_dev, cwd.st_ino), go_w, out_fds
-        )
+        return Standby(pid, exited, number, session.generation, session.state_version, cwd_id, command_w, out_fds)
 
     def _take_standby(self, session: Session) -> Optional[Standby]:
         """The session's standby if it still matches the session's state; it is then no longer kept."""
@@ -535,8 +556,8 @@ class Sessions:
         if standby is None:
             return None
         try:
-            cwd = os.stat(session.cwd)
-            current = (cwd.st_dev, cwd.st_ino)
+            stat = os.stat(session.cwd)
+            current: Optional[Tuple[int, int]] = (stat.st_dev, stat.st_ino)
         except OSError:
             current = None
         if (
