@@ -45,17 +45,24 @@ async def serve_stdio(server: MCPServer) -> None:
     if lowlevel is None or not (_watchable(0) and _watchable(1)):
         await server.run_stdio_async()
         return
-    in_fd = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
-    out_fd = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
+    saved_in, saved_out = _private_copy(0), _private_copy(1)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
     os.dup2(2, 1)
     try:
-        await _serve(lowlevel, in_fd, out_fd)
+        # The transports own (and close) copies of their own.
+        await _serve(lowlevel, _private_copy(saved_in), _private_copy(saved_out))
     finally:
-        os.dup2(in_fd, 0)
-        os.dup2(out_fd, 1)
+        os.dup2(saved_in, 0)
+        os.dup2(saved_out, 1)
+        os.close(saved_in)
+        os.close(saved_out)
+
+
+def _private_copy(fd: int) -> int:
+    """A close-on-exec duplicate above the standard fds: no child inherits the wire."""
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
 
 
 async def _serve(lowlevel: Any, in_fd: int, out_fd: int) -> None:

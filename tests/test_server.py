@@ -148,3 +148,57 @@ async def test_options_from_environment_and_bad_values(tmp_path: Path) -> None:
         mcp = Tools(client, "none")
         r = await mcp.sh("seq 1 1000")
         assert r["truncated"] is True and len(r["stdout"]) < 400
+
+
+INITIALIZE = (
+    b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18",'
+    b'"capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}\n'
+)
+
+
+async def test_raw_stdio_survives_garbage_lines(tmp_path: Path) -> None:
+    """Bad lines on stdin (not JSON, not UTF-8) get an error or nothing; the server goes on."""
+    import json
+    import subprocess
+
+    proc = subprocess.Popen(
+        [COMMAND, "--backend", "local", "--isolation", "none", "--workspace-root", str(tmp_path / "root")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def answer(request_id: int) -> dict[str, object]:
+        while True:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            assert line, "the server closed stdout"
+            message = json.loads(line)
+            if message.get("id") == request_id:
+                return message  # type: ignore[no-any-return]
+
+    try:
+        proc.stdin.write(b"not json at all\n\xff\xfe{\n\n" + INITIALIZE)
+        proc.stdin.flush()
+        assert "result" in await anyio.to_thread.run_sync(answer, 1)
+        proc.stdin.write(
+            b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n'
+            b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"exec","arguments":{"command":"echo hi"}}}\n'
+        )
+        proc.stdin.flush()
+        reply = await anyio.to_thread.run_sync(answer, 2)
+        assert reply["result"]["structuredContent"]["stdout"] == "hi\n"  # type: ignore[index]
+    finally:
+        proc.stdin.close()
+        assert await anyio.to_thread.run_sync(proc.wait, 20) == 0
+
+
+async def test_stdin_from_a_regular_file(tmp_path: Path) -> None:
+    """stdin that asyncio cannot watch (a file) is served by the SDK's threaded transport."""
+    requests = tmp_path / "requests.jsonl"
+    requests.write_bytes(INITIALIZE)
+    with requests.open("rb") as stdin:
+        result = await anyio.run_process(
+            [COMMAND, "--backend", "local", "--isolation", "none", "--workspace-root", str(tmp_path / "root")],
+            stdin=stdin, check=False,
+        )
+    assert result.returncode == 0
+    assert b'"id":1,"result"' in result.stdout
