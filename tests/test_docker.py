@@ -6,7 +6,9 @@ promises. They never send traffic outside this machine.
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import json
 import os
 import signal
 import socket
@@ -406,9 +408,12 @@ async def test_attach_stream_demultiplexes_stdout_and_keeps_stderr(caplog: pytes
     engine.close()
 
 
-def test_agent_archive_holds_the_agent_only() -> None:
-    with tarfile.open(fileobj=io.BytesIO(docker_backend.agent_archive())) as tar:
-        names = tar.getnames()
-    assert "opt/mcp-sandbox/agent/main.py" in names and "opt/mcp-sandbox/agent/__init__.py" in names
-    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "/tests" in n]
-
+def test_agent_bundle_holds_the_agent_only() -> None:
+    bundle = docker_backend.agent_bundle()
+    size = int(bundle[:10])
+    entries = json.loads(bundle[10 : 10 + size])
+    names = [name for name, _ in entries]
+    assert 10 + size + sum(length for _, length in entries) == len(bundle)
+    assert "agent/main.py" in names and "agent/__init__.py" in names and "agent/workers/node_worker.js" in names
+    assert importlib.util.cache_from_source("agent/main.py") in names
+    assert not [n for n in names if "/tests" in n or (n.endswith(".pyc") and "cpython" not in n)]

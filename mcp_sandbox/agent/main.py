@@ -1,6 +1,6 @@
 """The agent's entry point: set up the channel, serve requests, clean up on the way out.
 
-Started by a backend as ``python3 -I -c <bootstrap> <config json>`` inside the sandbox. It uses
+Started by a backend as ``python3 -I -S -c <bootstrap> <dir> <config json>`` inside the sandbox. It uses
 only the standard library and runs on Python >= 3.8, so any image with ``python3`` works.
 """
 
@@ -11,15 +11,17 @@ import json
 import os
 import signal
 import sys
-from typing import Any, Awaitable, Callable, Dict, List
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List
 
 from .children import _PR_SET_PDEATHSIG, Children, prctl
-from .contexts import Contexts
-from .files import Files
 from .pipes import enlarge_pipe
 from .processes import Processes
 from .protocol import Connection, Handler, Request
 from .sessions import Sessions
+
+if TYPE_CHECKING:
+    from .contexts import Contexts
+    from .files import Files
 
 PROTOCOL_VERSION = 1
 
@@ -66,8 +68,27 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
     processes = Processes(children, sessions, config)
     sessions.on_delete.append(processes.kill_session)
     sessions.in_use.append(processes.session_busy)
-    files = Files(sessions)
-    contexts = Contexts(children, sessions, config)
+    # Files and code contexts are imported on first use: a sandbox starts faster without them.
+    loaded_files: List["Files"] = []
+    loaded_contexts: List["Contexts"] = []
+
+    def files() -> "Files":
+        if not loaded_files:
+            from .files import Files
+
+            loaded_files.append(Files(sessions))
+        return loaded_files[0]
+
+    def contexts() -> "Contexts":
+        if not loaded_contexts:
+            from .contexts import Contexts
+
+            loaded_contexts.append(Contexts(children, sessions, config))
+        return loaded_contexts[0]
+
+    async def expire_contexts(idle_seconds: float) -> None:
+        if loaded_contexts:
+            await loaded_contexts[0].expire_idle(idle_seconds)
 
     handlers: Dict[str, Handler] = {
         "hello": simple(lambda p: {"protocol": PROTOCOL_VERSION, "pid": os.getpid(), "python": sys.version.split()[0]}),
@@ -83,22 +104,22 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
         "send_process_input": simple(processes.send_input),
         "kill_process": simple(processes.kill),
         "kill_all_processes": simple(processes.kill_all),
-        "write_file": simple(files.write),
-        "file_write_open": simple(files.write_open),
-        "file_write_chunk": simple(files.write_chunk),
-        "file_write_close": simple(files.write_close),
-        "read_file": simple(files.read),
-        "file_read_open": simple(files.read_open),
-        "file_read_chunk": simple(files.read_chunk),
-        "file_read_close": simple(files.read_close),
-        "list_files": simple(files.list),
-        "mkdir": simple(files.mkdir),
-        "delete_file": simple(files.delete),
-        "move_file": simple(files.move),
-        "create_code_context": simple(contexts.create),
-        "run_code": contexts.run,
-        "list_code_contexts": simple(lambda p: contexts.list()),
-        "delete_code_context": simple(lambda p: contexts.delete(p["context_id"])),
+        "write_file": simple(lambda p: files().write(p)),
+        "file_write_open": simple(lambda p: files().write_open(p)),
+        "file_write_chunk": simple(lambda p: files().write_chunk(p)),
+        "file_write_close": simple(lambda p: files().write_close(p)),
+        "read_file": simple(lambda p: files().read(p)),
+        "file_read_open": simple(lambda p: files().read_open(p)),
+        "file_read_chunk": simple(lambda p: files().read_chunk(p)),
+        "file_read_close": simple(lambda p: files().read_close(p)),
+        "list_files": simple(lambda p: files().list(p)),
+        "mkdir": simple(lambda p: files().mkdir(p)),
+        "delete_file": simple(lambda p: files().delete(p)),
+        "move_file": simple(lambda p: files().move(p)),
+        "create_code_context": simple(lambda p: contexts().create(p)),
+        "run_code": lambda request: contexts().run(request),
+        "list_code_contexts": simple(lambda p: contexts().list()),
+        "delete_code_context": simple(lambda p: contexts().delete(p["context_id"])),
     }
     connection = Connection(in_fd, out_fd, handlers)
     stopping = loop.create_future()
@@ -106,7 +127,7 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
         loop.add_signal_handler(sig, _set_once, stopping)
     serving = loop.create_task(connection.serve())
     janitor = loop.create_task(
-        expire_idle(config.get("session_idle_timeout", 900.0), [sessions.expire_idle, contexts.expire_idle])
+        expire_idle(config.get("session_idle_timeout", 900.0), [sessions.expire_idle, expire_contexts])
     )
     await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
     # The host is gone or asked us to stop: nothing started in the sandbox may outlive us.

@@ -1,7 +1,8 @@
 """The Docker backend: one hardened container per sandbox, the agent as its main process.
 
-A sandbox's container is created with the agent package copied in (``put_archive``, so a remote
-engine works too) and its stdin, stdout and stderr attached before it starts; the agent then runs
+A sandbox's container is created with its stdin, stdout and stderr attached before it starts, and
+the agent package is sent down its stdin as the first thing (no ``put_archive``, which costs a
+sizeable part of a start, and a remote engine works too); the agent then runs
 under ``docker-init`` as the container's main process and that one attached socket is the whole
 channel, so an ``exec`` is one round trip on an open connection, never a ``docker exec``. The
 container has ``StdinOnce`` set: when the server's end of the socket closes, even because the
@@ -15,15 +16,15 @@ start fast.
 
 from __future__ import annotations
 
-import io
+import importlib.util
 import json
 import logging
+import marshal
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import tarfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -51,7 +52,7 @@ PROJECT_IMAGE = "mcp-sandbox:latest"
 FALLBACK_IMAGE = "python:3.12-slim"
 IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
 WORKSPACE = "/workspace"
-AGENT_PARENT = "/opt/mcp-sandbox"
+AGENT_DIR = "/tmp/.mcp-sandbox/agent"  # where STDIN_BOOTSTRAP unpacks the agent
 STATE_DIR = "/tmp/.mcp-sandbox"
 DEFAULT_SOCKET = "/var/run/docker.sock"
 API_TIMEOUT = 120.0
@@ -141,30 +142,29 @@ def owner_alive(owner: str) -> bool | None:
     return True
 
 
-def agent_archive() -> bytes:
-    """The agent package as a tar to unpack at /, under AGENT_PARENT."""
+def agent_bundle() -> bytes:
+    """The agent package in the format STDIN_BOOTSTRAP unpacks: its files, and for each module
+    bytecode from this Python (a sandbox with the same Python version then skips compiling)."""
     source = Path(agent.__file__).resolve().parent
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
+    entries: list[tuple[str, bytes]] = []
+    for root, dirs, files in os.walk(source):
+        dirs[:] = sorted(d for d in dirs if d not in ("__pycache__", "tests"))
+        for name in sorted(f for f in files if not f.endswith(".pyc")):
+            path = Path(root, name)
+            relative = f"agent/{path.relative_to(source).as_posix()}"
+            data = path.read_bytes()
+            entries.append((relative, data))
+            if name.endswith(".py") and path.parent == source:
+                entries.append((importlib.util.cache_from_source(relative), _unchecked_pyc(data, relative)))
+    header = json.dumps([[name, len(data)] for name, data in entries]).encode()
+    return b"%010d" % len(header) + header + b"".join(data for _, data in entries)
 
-        def add(path: Path, name: str) -> None:
-            info = tar.gettarinfo(str(path), name)
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            info.mode = 0o755 if info.isdir() else 0o644
-            if info.isdir():
-                tar.addfile(info)
-            else:
-                with open(path, "rb") as f:
-                    tar.addfile(info, f)
 
-        add(source, AGENT_PARENT.lstrip("/"))
-        for root, dirs, files in os.walk(source):
-            dirs[:] = sorted(d for d in dirs if d not in ("__pycache__", "tests"))
-            for entry in dirs + sorted(f for f in files if not f.endswith(".pyc")):
-                path = Path(root, entry)
-                add(path, f"{AGENT_PARENT.lstrip('/')}/agent/{path.relative_to(source).as_posix()}")
-    return buffer.getvalue()
+def _unchecked_pyc(source: bytes, name: str) -> bytes:
+    """A hash-based .pyc that is used without checking the source (PEP 552)."""
+    code = compile(source, name, "exec", dont_inherit=True)
+    flags = 0b01  # hash-based, not checked
+    return importlib.util.MAGIC_NUMBER + flags.to_bytes(4, "little") + importlib.util.source_hash(source) + marshal.dumps(code)
 
 
 class ContainerStream(ByteStream):
@@ -359,7 +359,7 @@ class DockerBackend:
         self.isolation = "gvisor" if settings.runtime == "runsc" else "docker"
         self._image: str | None = None
         self._image_lock = anyio.Lock()
-        self._archive: bytes | None = None
+        self._bundle: bytes | None = None
 
     async def image(self) -> str:
         """The sandbox image, present on the engine (pulled on first use if needed)."""
@@ -412,8 +412,8 @@ class DockerBackend:
 
     async def start(self, spec: SandboxSpec, config: AgentConfig) -> DockerAgent:
         image = await self.image()
-        if self._archive is None:
-            self._archive = await anyio.to_thread.run_sync(agent_archive)
+        if self._bundle is None:
+            self._bundle = await anyio.to_thread.run_sync(agent_bundle)
         # The image's environment is only known inside the container: the agent puts it below ours.
         agent_config = config.for_agent(spec.sandbox_id, WORKSPACE, spec.env, state_dir=STATE_DIR, inherit_env=True)
         network = spec.network and self.settings.network
@@ -421,8 +421,9 @@ class DockerBackend:
             container_id = await anyio.to_thread.run_sync(self._create, spec.sandbox_id, image, agent_config, network)
         stream: ContainerStream | None = None
         try:
-            sock = await anyio.to_thread.run_sync(self._attach_and_start, container_id, self._archive)
+            sock = await anyio.to_thread.run_sync(self._attach_and_start, container_id)
             stream = ContainerStream(await wrap_attach_socket(sock), spec.sandbox_id)
+            await stream.send(self._bundle)
             handle = DockerAgent(stream, self.client, container_id, self.isolation)
             await self._hello(handle, image)
         except BaseException:
@@ -452,7 +453,7 @@ class DockerBackend:
         try:
             container = api.create_container(
                 image,
-                entrypoint=["python3", "-I", "-c", agent.BOOTSTRAP, AGENT_PARENT, json.dumps(agent_config)],
+                entrypoint=["python3", "-I", "-S", "-c", agent.STDIN_BOOTSTRAP, AGENT_DIR, json.dumps(agent_config)],
                 stdin_open=True,  # with attach, the SDK also sets StdinOnce: EOF ends the agent
                 tty=False,
                 working_dir=WORKSPACE,
@@ -474,10 +475,9 @@ class DockerBackend:
             ) from exc
         return str(container["Id"])
 
-    def _attach_and_start(self, container_id: str, archive: bytes) -> Any:
+    def _attach_and_start(self, container_id: str) -> Any:
         api = self.client.api
         try:
-            api.put_archive(container_id, "/", archive)
             # Attached before the start, so nothing the agent writes is lost.
             sock = api.attach_socket(container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
             try:

@@ -157,7 +157,7 @@ class LocalBackend:
         agent_config = config.for_agent(
             spec.sandbox_id, workspace, env, state_dir=os.path.join(tmp, ".mcp-sandbox")
         )
-        command = [AGENT_PYTHON, "-I", "-c", agent.BOOTSTRAP, AGENT_DIR, json.dumps(agent_config)]
+        command = [AGENT_PYTHON, "-I", "-S", "-c", agent.BOOTSTRAP, AGENT_DIR, json.dumps(agent_config)]
         if self.isolation == "bwrap":
             command = self._bwrap_args(directory, spec.network and self.allow_network) + ["--"] + command
         try:
