@@ -237,7 +237,7 @@ class Session:
             return  # the trap was cut short
         self.opts = defaults.commands(header[0][1:].decode(), header[1][1:].decode())
         self.generation = 1 - self.generation
-        self.cwd = state[marker + len(_CWD_MARKER) :].decode("utf-8", "surrogateescape")
+        self.cwd = state[marker + len(_CWD_MARKER) :].decode("utf-8", "replace")
 
     def discard_new_state(self) -> None:
         """Remove the next generation's state: the trap then creates a new file (and a half-written
@@ -361,7 +361,7 @@ class Sessions:
         session = Session(session_id, os.path.join(self._dir, session_id), self.resolve_dir(params.get("cwd")), timeout)
         session.write_initial_state(env)
         self.sessions[session_id] = session
-        self._prepare(session)
+        asyncio.get_running_loop().call_soon(self._prepare, session)
         return {"session_id": session_id, "cwd": session.cwd}
 
     def list(self) -> Dict[str, Any]:
@@ -388,7 +388,7 @@ class Sessions:
             session.append_env(env)
             session.last_used_at = time.time()
             self._drop_standby(session)
-        self._prepare(session)
+        asyncio.get_running_loop().call_soon(self._prepare, session)
         return {
             "session_id": session.id,
             "set": [k for k, v in env.items() if v is not None],
@@ -452,7 +452,11 @@ class Sessions:
             finally:
                 if stdin_r is not None:
                     os.close(stdin_r)
-            standby.go(text)
+            try:
+                standby.go(text)
+            except OSError:
+                standby.discard()
+                raise
         session.commands = standby.number
         tag = "exec:%s:%d;" % (session.id, session.commands)
         stem = os.path.join(self._output_dir, "%s-%d" % (session.id, session.commands))
