@@ -86,6 +86,9 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
             loaded_contexts.append(Contexts(children, sessions, config))
         return loaded_contexts[0]
 
+    def file_op(method: str) -> Handler:
+        return simple(lambda p: getattr(files(), method)(p))
+
     async def expire_contexts(idle_seconds: float) -> None:
         if loaded_contexts:
             await loaded_contexts[0].expire_idle(idle_seconds)
@@ -104,18 +107,18 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
         "send_process_input": simple(processes.send_input),
         "kill_process": simple(processes.kill),
         "kill_all_processes": simple(processes.kill_all),
-        "write_file": simple(lambda p: files().write(p)),
-        "file_write_open": simple(lambda p: files().write_open(p)),
-        "file_write_chunk": simple(lambda p: files().write_chunk(p)),
-        "file_write_close": simple(lambda p: files().write_close(p)),
-        "read_file": simple(lambda p: files().read(p)),
-        "file_read_open": simple(lambda p: files().read_open(p)),
-        "file_read_chunk": simple(lambda p: files().read_chunk(p)),
-        "file_read_close": simple(lambda p: files().read_close(p)),
-        "list_files": simple(lambda p: files().list(p)),
-        "mkdir": simple(lambda p: files().mkdir(p)),
-        "delete_file": simple(lambda p: files().delete(p)),
-        "move_file": simple(lambda p: files().move(p)),
+        "write_file": file_op("write"),
+        "file_write_open": file_op("write_open"),
+        "file_write_chunk": file_op("write_chunk"),
+        "file_write_close": file_op("write_close"),
+        "read_file": file_op("read"),
+        "file_read_open": file_op("read_open"),
+        "file_read_chunk": file_op("read_chunk"),
+        "file_read_close": file_op("read_close"),
+        "list_files": file_op("list"),
+        "mkdir": file_op("mkdir"),
+        "delete_file": file_op("delete"),
+        "move_file": file_op("move"),
         "create_code_context": simple(lambda p: contexts().create(p)),
         "run_code": lambda request: contexts().run(request),
         "list_code_contexts": simple(lambda p: contexts().list()),
