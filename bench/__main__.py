@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from . import code, files, scale, shell
+from . import code, files, peers, scale, shell
 from .config import Config
 from .harness import Report
 
@@ -23,6 +23,7 @@ CASES: dict[str, Case] = {
     "bigfile": files.big_file,
     "code": code.run_code,
     "scale": scale.many_sandboxes,
+    "peers": peers.compare,  # optional: llm-sandbox and SWE-ReX, when installed
 }
 
 
@@ -54,7 +55,8 @@ def main() -> None:
     backends = args.backend or (["bwrap", "docker"] if docker_available() else ["bwrap"])
     cfg = Config.smoke() if args.smoke else Config()
     os.environ["MCP_SANDBOX_IMAGE"] = cfg.image  # the servers the benchmarks start use it too
-    report = anyio.run(run, args.only or list(CASES), backends, cfg)
+    default = [name for name in CASES if name != "peers" or peers.installed()]
+    report = anyio.run(run, args.only or default, backends, cfg)
     print()
     print(report.table())
     sys.stdout.flush()

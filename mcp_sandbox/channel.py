@@ -23,6 +23,27 @@ logger = logging.getLogger(__name__)
 Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
+class Base64Text(str):
+    """Base64, which needs no escaping in JSON: as a request's ``data`` parameter (file chunks of
+    up to 1.4 MB) it is put into the line as it is, where json.dumps would spend milliseconds
+    scanning it."""
+
+
+def encode_request(message: dict[str, Any]) -> bytes:
+    """One JSON line; a Base64Text ``params["data"]`` goes in last, unscanned."""
+    params = message.get("params")
+    payload = params.get("data") if isinstance(params, dict) else None
+    if not isinstance(params, dict) or not isinstance(payload, Base64Text):
+        return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass") + b"\n"
+    rest = {key: value for key, value in params.items() if key != "data"}
+    head = json.dumps(
+        {**{key: value for key, value in message.items() if key != "params"}, "params": rest},
+        ensure_ascii=False, separators=(",", ":"),
+    )  # ends with the params' closing brace and the message's
+    opening = b',"data":"' if rest else b'"data":"'
+    return head[:-2].encode("utf-8", "surrogatepass") + opening + payload.encode("ascii") + b'"}}\n'
+
+
 class AgentChannel:
     def __init__(self, receive: ByteReceiveStream, send: ByteSendStream, name: str) -> None:
         self._receive = receive
@@ -46,11 +67,12 @@ class AgentChannel:
                     chunk = await self._receive.receive(1 << 20)
                 except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
                     break
+                scan = len(buffer)  # what came before has no newline: search only the new part
                 buffer += chunk
                 start = 0
-                while (end := buffer.find(b"\n", start)) >= 0:
+                while (end := buffer.find(b"\n", scan)) >= 0:
                     self._dispatch(bytes(buffer[start:end]))
-                    start = end + 1
+                    start = scan = end + 1
                 del buffer[:start]
         finally:
             self.close("the sandbox's agent stopped (the sandbox was destroyed or crashed)")
@@ -111,7 +133,7 @@ class AgentChannel:
                         pass
 
     async def _write(self, message: dict[str, Any]) -> None:
-        data = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass") + b"\n"
+        data = encode_request(message)
         try:
             async with self._send_lock:
                 await self._send.send(data)

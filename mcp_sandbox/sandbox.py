@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 
 from .backends.base import AgentHandle
-from .channel import AgentChannel
+from .channel import AgentChannel, Base64Text
 from .errors import SandboxError
 from .models import (
     CodeContextCreated,
@@ -243,7 +243,7 @@ class Sandbox:
                     for i in range(0, len(piece), FILE_CHUNK):
                         part = piece[i : i + FILE_CHUNK]
                         await window.acquire()
-                        tg.start_soon(send, base64.b64encode(part).decode("ascii"), position)
+                        tg.start_soon(send, Base64Text(base64.b64encode(part).decode("ascii")), position)
                         position += len(part)
             result = await self.call("file_write_close", {"handle": handle, "commit": True})
             committed = True

@@ -23,3 +23,13 @@ def test_bench_smoke_prints_figures_floors_and_ratios() -> None:
     assert "1 MiB write_file + read_file over MCP (none)" in table
     ratios = [line.split("|")[4].strip() for line in table.splitlines()[2:]]
     assert any(r.endswith("x") for r in ratios)
+
+
+def test_bench_peers_skip_when_not_installed() -> None:
+    """The optional peer comparison never fails a run: a peer that does not import is skipped."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--backend", "none", "--only", "peers"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| measurement |" in result.stdout

@@ -21,7 +21,7 @@ import tempfile
 from collections import OrderedDict, deque
 from typing import IO, Any, Deque, Dict, List, Optional, Tuple
 
-from .protocol import AgentError
+from .protocol import AgentError, Base64Text
 from .sessions import Sessions
 
 # What one read_file call returns at most: enough for any source file, small enough for a model.
@@ -300,7 +300,7 @@ class Files:
             raise AgentError("INVALID_ARGUMENT", "no open file with handle %r" % params.get("handle"))
         size = min(int(params.get("size") or CHUNK_MAX), CHUNK_MAX)
         data = os.pread(f.fileno(), size, int(params.get("offset") or 0))
-        return {"data": base64.b64encode(data).decode("ascii")}
+        return {"data": Base64Text(base64.b64encode(data).decode("ascii"))}
 
     def read_close(self, params: Dict[str, Any]) -> Dict[str, Any]:
         f = self._reads.pop(str(params.get("handle")), None)

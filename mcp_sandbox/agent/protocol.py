@@ -39,6 +39,25 @@ class Request:
 Handler = Callable[[Request], Awaitable[Any]]
 
 
+class Base64Text(str):
+    """Base64, which needs no escaping in JSON: as a result's ``data`` (file chunks of up to
+    1.4 MB) it is put into the line as it is, where json.dumps would spend milliseconds scanning it."""
+
+
+def encode(message: Dict[str, Any]) -> bytes:
+    """One JSON line; a Base64Text ``result["data"]`` goes in last, unscanned."""
+    result = message.get("result")
+    payload = result.get("data") if isinstance(result, dict) else None
+    if not isinstance(result, dict) or not isinstance(payload, Base64Text):
+        return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogateescape") + b"\n"
+    rest = dict((key, value) for key, value in result.items() if key != "data")
+    outer = dict((key, value) for key, value in message.items() if key != "result")
+    outer["result"] = rest
+    head = json.dumps(outer, ensure_ascii=False, separators=(",", ":"))  # ends with two closing braces
+    opening = b',"data":"' if rest else b'"data":"'
+    return head[:-2].encode("utf-8", "surrogateescape") + opening + payload.encode("ascii") + b'"}}\n'
+
+
 class Connection:
     """Reads requests, runs each in its own task, writes responses; cancel kills a task."""
 
@@ -99,8 +118,7 @@ class Connection:
             self._tasks.pop(request.id, None)
 
     def send(self, message: Dict[str, Any]) -> None:
-        data = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogateescape")
-        data += b"\n"
+        data = encode(message)
         if self._writer is None:
             self._out_buffer.append(data)
         elif not self._writer.transport.is_closing():
