@@ -17,6 +17,7 @@ Case = Callable[[Report, Config, str], Awaitable[None]]
 CASES: dict[str, Case] = {
     "exec": shell.exec_round_trip,
     "lifecycle": shell.cold_start_and_destroy,
+    "warm": shell.warm_start,
     "output": shell.big_output,
     "parallel": shell.parallel_sessions,
     "files": files.small_file_over_mcp,

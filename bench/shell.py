@@ -55,6 +55,22 @@ async def docker_exec_floor(report: Report, cfg: Config, ours: float) -> None:
                    floor=per_call, target="<= 0.125x (8x faster)"))
 
 
+async def warm_start(report: Report, cfg: Config, backend: str) -> None:
+    """create_sandbox + first exec with --warm-sandboxes 1: a sandbox started ahead is handed out."""
+    async with mcp_sandbox(backend, "--warm-sandboxes", "1") as server:
+        await server.call("exec", command="true")  # the default sandbox took the first warm one
+        starts = []
+        for _ in range(cfg.sandbox_runs):
+            await anyio.sleep(1.5 if backend == "docker" else 0.5)  # time to start the next one
+            started = time.perf_counter()
+            sid = (await server.call("create_sandbox"))["sandbox_id"]
+            await server.call("exec", command="echo hi", sandbox_id=sid)
+            starts.append((time.perf_counter() - started) * 1000)
+            await server.call("destroy", sandbox_id=sid)
+    starts.sort()
+    report.add(Row(f"create_sandbox + first exec, --warm-sandboxes 1 ({backend})", starts[len(starts) // 2]))
+
+
 async def cold_start_and_destroy(report: Report, cfg: Config, backend: str) -> None:
     async with mcp_sandbox(backend) as server:
         await server.call("exec", command="true")  # the default sandbox: warms images and caches

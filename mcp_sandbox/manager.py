@@ -51,6 +51,10 @@ class SandboxManager:
         self._default_id: str | None = None
         self._default_lock = anyio.Lock()
         self._task_group: TaskGroup | None = None
+        # Started ahead with the default spec (--warm-sandboxes), handed out by create().
+        self._spares: list[Sandbox] = []
+        self._spares_starting = 0
+        self._stopping = False
 
     @property
     def backend(self) -> Backend:
@@ -69,6 +73,7 @@ class SandboxManager:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._expire_idle)
+        self._refill_spares()
         return self
 
     async def __aexit__(
@@ -87,10 +92,49 @@ class SandboxManager:
                 f"{len(self.sandboxes)} sandboxes are alive, the most this server allows (--max-sandboxes); "
                 "destroy one you no longer need",
             )
+        network = bool(network and self.settings.network)
+        if not env and not network:
+            while self._spares:
+                sandbox = self._spares.pop(0)
+                if sandbox.channel.closed:
+                    continue  # it died while it waited; its watcher cleans up
+                sandbox.created_at = sandbox.last_used_at = time.time()
+                self.sandboxes[sandbox.id] = sandbox
+                self._refill_spares()
+                logger.info("created sandbox %s (a warm one)", sandbox.id)
+                return sandbox
+        try:
+            return await self._start(env, network, spare=False)
+        finally:
+            self._refill_spares()
+
+    def _refill_spares(self) -> None:
+        """Start spares until --warm-sandboxes are ready or starting (within --max-sandboxes)."""
+        if self._task_group is None or self._stopping:
+            return
+        room = self.settings.max_sandboxes - len(self.sandboxes)
+        while len(self._spares) + self._spares_starting < min(self.settings.warm_sandboxes, room):
+            self._spares_starting += 1
+            self._task_group.start_soon(self._start_spare)
+
+    async def _start_spare(self) -> None:
+        try:
+            sandbox = await self._start(None, False, spare=True)
+        except Exception as exc:  # no retry loop: the next create() tries again
+            logger.warning("could not start a warm sandbox: %s", exc)
+            return
+        finally:
+            self._spares_starting -= 1
+        if self._stopping:  # destroy_all ran while it started
+            await self._remove(sandbox)
+        else:
+            self._spares.append(sandbox)
+
+    async def _start(self, env: dict[str, str] | None, network: bool, *, spare: bool) -> Sandbox:
+        """Start a sandbox and wait for its agent; registered at once unless it is a spare."""
         if self._task_group is None:
             raise RuntimeError("SandboxManager is not running; use 'async with SandboxManager(...)'")
         sandbox_id = "sbx_" + secrets.token_hex(8)
-        network = bool(network and self.settings.network)
         handle = await self.backend.start(
             SandboxSpec(sandbox_id=sandbox_id, env=dict(env or {}), network=network),
             AgentConfig(
@@ -106,18 +150,24 @@ class SandboxManager:
         )
         channel = AgentChannel(handle.receive, handle.send, sandbox_id)
         sandbox = Sandbox(sandbox_id, self.backend.name, handle, channel, network)
-        self.sandboxes[sandbox_id] = sandbox
+        if not spare:
+            self.sandboxes[sandbox_id] = sandbox
         self._task_group.start_soon(self._watch, sandbox)
         try:
             with anyio.fail_after(AGENT_START_TIMEOUT):
                 await channel.request("hello", {})
         except (SandboxError, TimeoutError) as exc:
-            if sandbox_id in self.sandboxes:  # else its watcher already removed it
-                await self.destroy(sandbox_id)
+            await self._discard(sandbox)
             raise SandboxError(
                 "BACKEND_UNAVAILABLE", f"the sandbox agent did not start ({exc}); check the server log"
             ) from exc
-        logger.info("created sandbox %s (%s, isolation %s)", sandbox_id, self.backend.name, sandbox.isolation)
+        except BaseException:  # cancelled (the server is stopping): nothing may be left behind
+            await self._discard(sandbox)
+            raise
+        logger.info(
+            "%s sandbox %s (%s, isolation %s)", "started warm" if spare else "created", sandbox_id,
+            self.backend.name, sandbox.isolation,
+        )
         return sandbox
 
     async def _watch(self, sandbox: Sandbox) -> None:
@@ -125,6 +175,10 @@ class SandboxManager:
         if self.sandboxes.get(sandbox.id) is sandbox:
             logger.warning("sandbox %s stopped unexpectedly; removing it", sandbox.id)
             await self.destroy(sandbox.id)
+        elif sandbox in self._spares:
+            logger.warning("warm sandbox %s stopped unexpectedly; removing it", sandbox.id)
+            self._spares.remove(sandbox)
+            await self._remove(sandbox)
 
     async def _expire_idle(self) -> None:
         """Destroy sandboxes that saw no tool call for --idle-timeout (a running call is use)."""
@@ -142,6 +196,11 @@ class SandboxManager:
         sandbox = await self._find(sandbox_id)
         sandbox.last_used_at = time.time()
         return sandbox
+
+    @property
+    def warm_ids(self) -> list[str]:
+        """The ids of the warm sandboxes ready to be handed out (--warm-sandboxes)."""
+        return [sandbox.id for sandbox in self._spares]
 
     @property
     def default_id(self) -> str | None:
@@ -174,15 +233,37 @@ class SandboxManager:
             raise SandboxError("SANDBOX_NOT_FOUND", f"no sandbox {sandbox_id!r}; it may already be destroyed")
         if self._default_id == sandbox_id:
             self._default_id = None
+        await self._remove(sandbox)
+        logger.info("destroyed sandbox %s", sandbox_id)
+        self._refill_spares()  # room under --max-sandboxes again
+
+    async def _discard(self, sandbox: Sandbox) -> None:
+        """Remove a sandbox that did not finish starting."""
+        if self.sandboxes.get(sandbox.id) is sandbox:
+            await self.destroy(sandbox.id)
+        else:  # a spare, or one its watcher already removed (removing again is harmless)
+            await self._remove(sandbox)
+
+    async def _remove(self, sandbox: Sandbox) -> None:
         with anyio.CancelScope(shield=True):
             sandbox.channel.close("the sandbox was destroyed")
             await sandbox.handle.destroy()
-        logger.info("destroyed sandbox %s", sandbox_id)
 
     async def destroy_all(self) -> None:
+        """Destroy every sandbox and warm spare; no spare starts afterwards (the server is stopping)."""
+        self._stopping = True
+        spares, self._spares = self._spares, []
         async with anyio.create_task_group() as tg:
             for sandbox_id in list(self.sandboxes):
                 tg.start_soon(self._destroy_quietly, sandbox_id)
+            for spare in spares:
+                tg.start_soon(self._remove_quietly, spare)
+
+    async def _remove_quietly(self, sandbox: Sandbox) -> None:
+        try:
+            await self._remove(sandbox)
+        except Exception:
+            logger.exception("failed to remove warm sandbox %s", sandbox.id)
 
     async def _destroy_quietly(self, sandbox_id: str) -> None:
         try:

@@ -44,6 +44,11 @@ class Settings(BaseModel):
         900.0, gt=0, description="Delete temporary sessions and code contexts after this many idle seconds."
     )
     max_sandboxes: int = Field(16, gt=0, description="Most sandboxes alive at once.")
+    warm_sandboxes: int = Field(
+        0, ge=0, le=8,
+        description="Sandboxes kept started ahead, so that create_sandbox (and the stdio default sandbox) "
+        "is ready at once; they use memory while they wait (0: off).",
+    )
     max_sessions: int = Field(32, gt=0, description="Most shell sessions per sandbox.")
     max_processes: int = Field(64, gt=0, description="Most background processes running at once per sandbox.")
     max_code_contexts: int = Field(8, gt=0, description="Most code contexts per sandbox.")

@@ -175,3 +175,63 @@ async def test_max_sessions_limit(mcp_with: Any) -> None:
 async def test_destroy_before_any_default_sandbox_creates_nothing(mcp: Tools) -> None:
     assert "SANDBOX_NOT_FOUND" in await mcp.error("destroy")
     assert (await mcp.sh("echo works"))["stdout"] == "works\n"
+
+
+def sandbox_exists(backend: str, root: Any, sandbox_id: str) -> bool:
+    """Whether the backend still holds anything of this sandbox: its directory, or its container."""
+    if backend != "docker":
+        return bool((root / sandbox_id).exists())
+    import docker
+
+    from mcp_sandbox.backends.docker import LABEL_SANDBOX
+
+    client = docker.from_env()
+    try:
+        return bool(client.api.containers(all=True, filters={"label": f"{LABEL_SANDBOX}={sandbox_id}"}))
+    finally:
+        client.close()
+
+
+async def wait_for(condition: Any, seconds: float = 60) -> None:
+    with anyio.fail_after(seconds):
+        while not condition():
+            await anyio.sleep(0.05)
+
+
+async def test_warm_sandboxes_are_handed_out_replaced_and_removed(
+    manager_factory: Any, backend: str, tmp_path: Any
+) -> None:
+    root = tmp_path / "sandboxes"
+    manager = manager_factory(warm_sandboxes=1, max_sandboxes=2)
+    async with manager:
+        await wait_for(lambda: len(manager.warm_ids) == 1)
+        first_warm = manager.warm_ids[0]
+        assert first_warm not in manager.sandboxes  # invisible until handed out
+        # A sandbox with its own env is started for it; the warm one stays ready.
+        own = await manager.create(env={"ONLY_HERE": "yes"})
+        assert (await own.exec("echo $ONLY_HERE")).stdout == "yes\n"
+        assert manager.warm_ids == [first_warm]
+        await manager.destroy(own.id)
+        # The default spec takes the warm one, and another starts in its place.
+        taken = await manager.create()
+        assert taken.id == first_warm and taken.id in manager.sandboxes
+        assert (await taken.exec("cd /tmp && echo warm")).stdout == "warm\n"
+        await wait_for(lambda: len(manager.warm_ids) == 1)
+        second_warm = manager.warm_ids[0]
+        # At --max-sandboxes no new warm sandbox starts.
+        await manager.create()
+        await anyio.sleep(0.5)
+        assert manager.warm_ids == []
+        assert "LIMIT_REACHED" in str(await _error(manager.create()))
+        assert sandbox_exists(backend, root, taken.id)
+    # Leaving the manager removes the warm ones too.
+    for sandbox_id in (first_warm, second_warm):
+        await wait_for(lambda: not sandbox_exists(backend, root, sandbox_id), 30)
+
+
+async def _error(call: Any) -> Exception:
+    try:
+        await call
+    except Exception as exc:
+        return exc
+    raise AssertionError("the call should have failed")
