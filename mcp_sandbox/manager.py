@@ -11,6 +11,7 @@ import logging
 import secrets
 import time
 from types import TracebackType
+from collections.abc import Awaitable
 from typing import Any
 
 import anyio
@@ -189,7 +190,7 @@ class SandboxManager:
             for sandbox in list(self.sandboxes.values()):
                 if sandbox.active_calls == 0 and sandbox.last_used_at < cutoff:
                     logger.info("sandbox %s was idle for %.0f s; destroying it", sandbox.id, idle)
-                    await self._destroy_quietly(sandbox.id)
+                    await self._quietly(self.destroy(sandbox.id), sandbox.id)
 
     async def get(self, sandbox_id: str | None) -> Sandbox:
         """The sandbox a tool call names (or the default one); the call counts as its use."""
@@ -255,19 +256,13 @@ class SandboxManager:
         spares, self._spares = self._spares, []
         async with anyio.create_task_group() as tg:
             for sandbox_id in list(self.sandboxes):
-                tg.start_soon(self._destroy_quietly, sandbox_id)
+                tg.start_soon(self._quietly, self.destroy(sandbox_id), sandbox_id)
             for spare in spares:
-                tg.start_soon(self._remove_quietly, spare)
+                tg.start_soon(self._quietly, self._remove(spare), spare.id)
 
-    async def _remove_quietly(self, sandbox: Sandbox) -> None:
+    async def _quietly(self, removal: Awaitable[None], sandbox_id: str) -> None:
         try:
-            await self._remove(sandbox)
-        except Exception:
-            logger.exception("failed to remove warm sandbox %s", sandbox.id)
-
-    async def _destroy_quietly(self, sandbox_id: str) -> None:
-        try:
-            await self.destroy(sandbox_id)
+            await removal
         except Exception:  # one failure must not stop the others' cleanup
             logger.exception("failed to destroy sandbox %s", sandbox_id)
 

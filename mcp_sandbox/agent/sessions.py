@@ -14,10 +14,9 @@ printing every option), and writes a new file rather than truncating one, which 
 Starting bash and restoring the state is most of an ``exec``'s cost, so each idle session keeps a
 *standby* bash that has already restored the current state and sources a pipe. A command writes its
 setup and text into the pipe and closes it; the standby then evals the command (the text never goes
-on a command line, so it may be longer than an argument may be). A standby is used only while the
-state it restored is still the session's (same generation, no ``set_env_vars`` since, same cwd
-inode); otherwise, and for commands with ``stdin``, a new bash is started the same way and handed
-the command at once.
+on a command line, so it may be longer than an argument may be). A standby is used only while it
+is alive and its cwd is still the same directory (``set_env_vars`` drops it); otherwise, and for
+commands with ``stdin``, a new bash is started the same way and handed the command at once.
 """
 
 from __future__ import annotations
@@ -97,8 +96,6 @@ class Standby:
         pid: int,
         exited: "asyncio.Future[int]",
         number: int,
-        generation: int,
-        state_version: int,
         cwd_id: Optional[Tuple[int, int]],
         command_fd: int,
         out_fds: Dict[str, int],
@@ -106,8 +103,6 @@ class Standby:
         self.pid = pid
         self.exited = exited
         self.number = number
-        self.generation = generation
-        self.state_version = state_version
         self.cwd_id = cwd_id
         self.command_fd = command_fd
         self.out_fds = out_fds
@@ -148,7 +143,6 @@ class Session:
         self.running: Optional["asyncio.Task[Any]"] = None
         self.commands = 0
         self.generation = 0
-        self.state_version = 0  # bumped by set_env_vars, which edits the state in place
         self.opts: List[str] = []  # commands that set the options differing from bash's defaults
         self.standby: Optional[Standby] = None
 
@@ -256,7 +250,6 @@ class Session:
 
     def append_env(self, env: Dict[str, Optional[str]]) -> None:
         """Add exports/unsets to the current state, before its ``return``."""
-        self.state_version += 1
         with open(self.path("state"), "rb") as f:
             state = f.read()
         marker = state.rfind(_CWD_MARKER.encode())
@@ -478,7 +471,6 @@ class Sessions:
                 code = TIMEOUT_EXIT_CODE
         except asyncio.CancelledError:
             self._children.kill(pid, tag)
-            session.discard_new_state()
             for reader in readers.values():
                 reader.finish()
             raise
@@ -487,9 +479,7 @@ class Sessions:
                 progress.cancel()
         for reader in readers.values():
             reader.finish()
-        if timed_out:
-            session.discard_new_state()
-        else:
+        if not timed_out:  # a killed command's half-written state is removed before the next one
             session.adopt_new_state(self._default_opts)
         if code < 0:
             code = 128 - code
@@ -552,10 +542,12 @@ class Sessions:
             os.close(command_r)
             for fd in fds.values():
                 os.close(fd)
-        return Standby(pid, exited, number, session.generation, session.state_version, cwd_id, command_w, out_fds)
+        return Standby(pid, exited, number, cwd_id, command_w, out_fds)
 
     def _take_standby(self, session: Session) -> Optional[Standby]:
-        """The session's standby if it still matches the session's state; it is then no longer kept."""
+        """The session's standby if it is still alive and in the session's cwd; it is then no longer
+        kept. (The state it restored is current: a standby starts only on an idle session, and
+        set_env_vars, the one change outside a command, drops it.)"""
         standby, session.standby = session.standby, None
         if standby is None:
             return None
@@ -564,13 +556,7 @@ class Sessions:
             current: Optional[Tuple[int, int]] = (stat.st_dev, stat.st_ino)
         except OSError:
             current = None
-        if (
-            standby.exited.done()
-            or standby.generation != session.generation
-            or standby.state_version != session.state_version
-            or standby.number != session.commands + 1
-            or standby.cwd_id != current
-        ):
+        if standby.exited.done() or standby.cwd_id != current:
             standby.discard()
             return None
         return standby
