@@ -37,10 +37,9 @@ def make_backend(settings: Settings) -> Backend:
 
         if settings.backend == "docker":
             return docker.DockerBackend(settings)
-        client = docker.probe()
+        client = docker.probe()  # it logs why, if there is no engine to use
         if client is not None:
             return docker.DockerBackend(settings, client)
-        logger.info("no Docker engine answers; using the local backend")
     return LocalBackend(settings)
 
 
