@@ -266,8 +266,11 @@ class SandboxManager:
             logger.exception("failed to destroy sandbox %s", sandbox_id)
 
     def limits(self) -> dict[str, Any]:
+        """The limits in force for this server's sandboxes: the settings it runs with, and what
+        its backend enforces."""
         s = self.settings
         return {
+            **self.backend.resource_limits(),
             "command_timeout": s.command_timeout,
             "max_output": s.max_output,
             "idle_timeout": s.idle_timeout,

@@ -387,6 +387,10 @@ class DockerBackend:
         self._image_lock = anyio.Lock()
         self._bundle: bytes | None = None
 
+    def resource_limits(self) -> dict[str, Any]:
+        s = self.settings
+        return {"memory": s.memory, "cpus": s.cpus, "pids_limit": s.pids_limit}
+
     async def image(self) -> str:
         """The sandbox image, present on the engine (pulled on first use if needed)."""
         async with self._image_lock:
