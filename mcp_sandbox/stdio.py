@@ -84,28 +84,26 @@ def _private_copy(fd: int) -> int:
 
 async def _open_input(fd: int) -> tuple[ReadLine, Callable[[], None]]:
     """A line reader on fd, and how to close it."""
-    file = os.fdopen(fd, "rb", 0)
     if _watchable(fd, selectors.EVENT_READ):
         reader = asyncio.StreamReader(limit=_MAX_LINE)
         transport, _ = await asyncio.get_running_loop().connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), file
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", 0)
         )
         return reader.readline, transport.close
-    buffered = os.fdopen(fd, "rb", closefd=False)
+    file = os.fdopen(fd, "rb")
 
     async def read_line() -> bytes:
-        # A regular file: a read never waits for long.
-        return await anyio.to_thread.run_sync(buffered.readline, _MAX_LINE, abandon_on_cancel=True)
+        # A regular file, say: a read never waits for long.
+        return await anyio.to_thread.run_sync(file.readline, _MAX_LINE, abandon_on_cancel=True)
 
     return read_line, file.close
 
 
 async def _open_output(fd: int) -> tuple[Write, Callable[[], None]]:
     """A writer of whole lines to fd, and how to close it."""
-    file = os.fdopen(fd, "wb", 0)
     if _watchable(fd, selectors.EVENT_WRITE):
         loop = asyncio.get_running_loop()
-        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, file)
+        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, os.fdopen(fd, "wb", 0))
         writer = asyncio.StreamWriter(transport, protocol, None, loop)
 
         async def write_pipe(data: bytes) -> None:
@@ -113,9 +111,14 @@ async def _open_output(fd: int) -> tuple[Write, Callable[[], None]]:
             await writer.drain()
 
         return write_pipe, transport.close
+    file = os.fdopen(fd, "wb")
+
+    def put(data: bytes) -> None:
+        file.write(data)
+        file.flush()
 
     async def write_file(data: bytes) -> None:
-        await anyio.to_thread.run_sync(file.write, data)
+        await anyio.to_thread.run_sync(put, data)
 
     return write_file, file.close
 
