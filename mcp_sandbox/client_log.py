@@ -34,7 +34,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 # MCP's levels (RFC 5424) on Python's scale.
-LEVELS: dict[types.LoggingLevel, int] = {
+LEVELS: dict[str, int] = {
     "debug": logging.DEBUG, "info": logging.INFO, "notice": 25, "warning": logging.WARNING,
     "error": logging.ERROR, "critical": logging.CRITICAL, "alert": 60, "emergency": 70,
 }
@@ -56,11 +56,20 @@ def mcp_level(levelno: int) -> types.LoggingLevel:
     return "info" if levelno >= logging.INFO else "debug"
 
 
-def connection_of(ctx: ServerRequestContext[Any, Any]) -> Connection:
+def connection_of(ctx: ServerRequestContext[Any, Any]) -> Connection | None:
     # The SDK hands handlers the per-request session only; its connection is what lives (and
-    # says when it closes) as long as the client.
-    connection: Connection = getattr(ctx.session, "_connection")
+    # says when it closes) as long as the client. Private: without it, no records are sent
+    # (tests/test_client_log.py says so), but every request is still served.
+    connection: Connection | None = getattr(ctx.session, "_connection", None)
     return connection
+
+
+def asked_level(ctx: ServerRequestContext[Any, Any]) -> int | None:
+    """The level a 2026-07-28 request asks for in its ``_meta``, if any (before the SDK has
+    checked the request: anything may be there)."""
+    meta = (ctx.params or {}).get("_meta")
+    asked = meta.get(types.LOG_LEVEL_META_KEY) if isinstance(meta, dict) else None
+    return LEVELS.get(asked) if isinstance(asked, str) else None
 
 
 @dataclass(eq=False)
@@ -101,6 +110,8 @@ class ClientLog(logging.Handler):
 
     async def set_level(self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> types.EmptyResult:
         connection = connection_of(ctx)
+        if connection is None:
+            return types.EmptyResult()
         with self._guard:
             first = connection not in self.levels
             self.levels[connection] = LEVELS[params.level]
@@ -117,11 +128,13 @@ class ClientLog(logging.Handler):
         if ctx.request_id is None:  # a notification
             return await call_next(ctx)
         connection = connection_of(ctx)
+        if connection is None:
+            return await call_next(ctx)
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            asked = ((ctx.params or {}).get("_meta") or {}).get(types.LOG_LEVEL_META_KEY)
-            if asked not in LEVELS:
+            level = asked_level(ctx)
+            if level is None:
                 return await call_next(ctx)
-            request = Request(ctx, connection, LEVELS[asked])
+            request = Request(ctx, connection, level)
         elif connection in self.levels:
             request = Request(ctx, connection, None)
         else:
@@ -131,11 +144,13 @@ class ClientLog(logging.Handler):
             return await call_next(ctx)
         finally:
             self._serving.reset(token)
-            if request.queued:
-                request.flushed = anyio.Event()
-                with anyio.move_on_after(FLUSH_TIMEOUT, shield=True):
-                    await request.flushed.wait()
-            request.done = True  # what its tasks log from now on is the server's own doing
+            try:
+                if request.queued:
+                    request.flushed = anyio.Event()
+                    with anyio.move_on_after(FLUSH_TIMEOUT):
+                        await request.flushed.wait()
+            finally:
+                request.done = True  # what its tasks log from now on is the server's own doing
 
     def emit(self, record: logging.LogRecord) -> None:
         # Called from any thread: a worker thread pulls images, for one.
