@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from typing import Any, get_args
 
 import anyio
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 
 from . import __version__
 from .errors import SandboxError
-from .http import serve_http
+from .http import check_exposure, serve_http
 from .manager import SandboxManager
 from .server import build_server
 from .settings import Settings
@@ -96,6 +97,15 @@ async def serve(settings: Settings) -> None:
             tg.cancel_scope.cancel()
 
 
+def startup_error(exc: BaseException) -> SandboxError | None:
+    """The SandboxError that ended the server, also when a task group wrapped it in a group."""
+    inner: Sequence[BaseException] = getattr(exc, "exceptions", ())  # an exception group (3.10 has no name for it)
+    while len(inner) == 1:
+        exc = inner[0]
+        inner = getattr(exc, "exceptions", ())
+    return exc if isinstance(exc, SandboxError) else None
+
+
 def exit_now(code: int) -> None:
     logging.shutdown()
     sys.stdout.flush()
@@ -132,11 +142,15 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr, level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
+        check_exposure(settings)
         anyio.run(serve, settings)
-    except SandboxError as exc:
-        logger.error("%s", exc)
-        sys.exit(2)
     except KeyboardInterrupt:
         pass
+    except Exception as exc:
+        error = startup_error(exc)
+        if error is None:
+            raise
+        logger.error("%s", error)  # one line, no traceback: it says what to do
+        sys.exit(2)
     # A thread may still be blocked reading stdin; cleanup is done, so do not wait for it.
     exit_now(0)

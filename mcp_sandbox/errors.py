@@ -1,4 +1,5 @@
-"""The one error type of mcp-sandbox: a code from TOOLS.md and a message that says what to do."""
+"""The one error type of mcp-sandbox: a code (the README lists them under "Tools") and a message
+that says what to do."""
 
 from __future__ import annotations
 

@@ -47,13 +47,18 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
-def build_app(server: MCPServer, settings: Settings) -> ASGIApp:
-    if not settings.auth_token and not is_loopback(settings.host):
+def check_exposure(settings: Settings) -> None:
+    """Refuse to serve HTTP beyond this machine without a token."""
+    if settings.transport == "http" and not settings.auth_token and not is_loopback(settings.host):
         raise SandboxError(
             "INVALID_ARGUMENT",
             f"refusing to listen on {settings.host} without --auth-token: anyone who can reach it could run "
             "commands; set a token (or MCP_SANDBOX_AUTH_TOKEN), or listen on 127.0.0.1",
         )
+
+
+def build_app(server: MCPServer, settings: Settings) -> ASGIApp:
+    check_exposure(settings)
     # The SDK turns on Host/Origin checks (DNS-rebinding protection) for loopback hosts itself.
     app: ASGIApp = server.streamable_http_app(streamable_http_path="/mcp", host=settings.host)
     if settings.auth_token:

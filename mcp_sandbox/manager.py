@@ -37,10 +37,9 @@ def make_backend(settings: Settings) -> Backend:
 
         if settings.backend == "docker":
             return docker.DockerBackend(settings)
-        client = docker.probe()
+        client = docker.probe()  # it logs why, if there is no engine to use
         if client is not None:
             return docker.DockerBackend(settings, client)
-        logger.info("no Docker engine answers; using the local backend")
     return LocalBackend(settings)
 
 
@@ -102,7 +101,7 @@ class SandboxManager:
                 sandbox.created_at = sandbox.last_used_at = time.time()
                 self.sandboxes[sandbox.id] = sandbox
                 self._refill_spares()
-                logger.info("created sandbox %s (a warm one)", sandbox.id)
+                self._log_start("created", sandbox, " (a warm one)")
                 return sandbox
         try:
             return await self._start(env, network, spare=False)
@@ -165,11 +164,18 @@ class SandboxManager:
         except BaseException:  # cancelled (the server is stopping): nothing may be left behind
             await self._discard(sandbox)
             raise
-        logger.info(
-            "%s sandbox %s (%s, isolation %s)", "started warm" if spare else "created", sandbox_id,
-            self.backend.name, sandbox.isolation,
-        )
+        self._log_start("started warm" if spare else "created", sandbox)
         return sandbox
+
+    def _log_start(self, what: str, sandbox: Sandbox, how: str = "") -> None:
+        # A warning without isolation: a client that asked for log messages learns it too.
+        unisolated = sandbox.isolation == "none"
+        logger.log(
+            logging.WARNING if unisolated else logging.INFO, "%s sandbox %s%s (%s, isolation %s)%s", what,
+            sandbox.id, how, sandbox.backend, sandbox.isolation,
+            ": unisolated, its commands run on this host as the server's user, with its files and network"
+            if unisolated else "",
+        )
 
     async def _watch(self, sandbox: Sandbox) -> None:
         await sandbox.channel.run()
@@ -267,8 +273,11 @@ class SandboxManager:
             logger.exception("failed to destroy sandbox %s", sandbox_id)
 
     def limits(self) -> dict[str, Any]:
+        """The limits in force for this server's sandboxes: the settings it runs with, and what
+        its backend enforces."""
         s = self.settings
         return {
+            **self.backend.resource_limits(),
             "command_timeout": s.command_timeout,
             "max_output": s.max_output,
             "idle_timeout": s.idle_timeout,

@@ -1,4 +1,4 @@
-"""Tool results, as TOOLS.md names them: the structured content every tool returns."""
+"""Tool results, as the README's tool tables name them: the structured content every tool returns."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 
 class Limits(BaseModel):
-    command_timeout: float = Field(description="Default exec timeout, seconds.")
+    command_timeout: float = Field(description="Default exec and run_code timeout, seconds.")
     max_output: int = Field(description="Characters of each output stream returned.")
     idle_timeout: float = Field(description="Seconds without a tool call before the sandbox is destroyed.")
     session_idle_timeout: float = Field(description="Idle seconds before temporary sessions/contexts are deleted.")

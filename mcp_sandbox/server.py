@@ -5,6 +5,7 @@ from __future__ import annotations
 from mcp.server.mcpserver import MCPServer
 
 from . import __version__, prompts
+from .client_log import ClientLog
 from .manager import SandboxManager
 from .tools import code, files, processes, sandboxes, sessions
 
@@ -24,13 +25,16 @@ mcp-sandbox gives you a real Linux sandbox: a bash shell whose state persists, f
 
 
 def build_server(manager: SandboxManager) -> MCPServer:
+    client_log = ClientLog()
     server = MCPServer(
         "mcp-sandbox",
         title="mcp-sandbox",
         instructions=INSTRUCTIONS,
         version=__version__,
         log_level=manager.settings.log_level,
+        lifespan=client_log.lifespan,
     )
+    client_log.install(server)
     for module in (sandboxes, sessions, processes, files, code):
         module.register(server, manager)
     prompts.register(server)

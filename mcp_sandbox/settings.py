@@ -37,7 +37,7 @@ class Settings(BaseModel):
     cpus: float = Field(1.0, gt=0, description="Docker: CPU limit per sandbox.")
     pids_limit: int = Field(512, gt=0, description="Docker: process limit per sandbox.")
     runtime: str | None = Field(None, description="Docker: container runtime (e.g. runsc for gVisor).")
-    command_timeout: float = Field(120.0, gt=0, description="Default exec timeout in seconds.")
+    command_timeout: float = Field(120.0, gt=0, description="Default exec and run_code timeout in seconds.")
     max_output: int = Field(30_000, ge=100, description="Characters of each output stream returned by a tool.")
     idle_timeout: float = Field(1800.0, gt=0, description="Destroy a sandbox after this many seconds without use.")
     session_idle_timeout: float = Field(

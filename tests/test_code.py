@@ -1,4 +1,4 @@
-"""Code contexts: every rule under "Code contexts" in TOOLS.md, on every backend.
+"""Code contexts: every rule under "Code contexts" in the README, on every backend.
 
 The sandbox's own interpreters run the code: on the local backends that is the host's
 /usr/bin/python3 and node, in Docker the image's. Tests that need IPython or matplotlib in the

@@ -1,4 +1,4 @@
-"""exec: every rule under "exec rules" in TOOLS.md, on every backend."""
+"""exec: every rule under "What `exec` guarantees" in the README, on every backend."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Files: every rule under "Files" in TOOLS.md, on every backend; big files through the Python API."""
+"""Files: every rule under "Files" in the README, on every backend; big files through the Python API."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Background processes: every rule under "Background processes" in TOOLS.md, on every backend."""
+"""Background processes: every rule under "Background processes" in the README, on every backend."""
 
 from __future__ import annotations
 

@@ -157,7 +157,7 @@ INITIALIZE = (
 
 
 async def test_raw_stdio_survives_garbage_lines(tmp_path: Path) -> None:
-    """Bad lines on stdin (not JSON, not UTF-8) get an error or nothing; the server goes on."""
+    """Bad lines on stdin (not JSON, not UTF-8) get an error; the server goes on."""
     import json
     import subprocess
 
@@ -192,7 +192,7 @@ async def test_raw_stdio_survives_garbage_lines(tmp_path: Path) -> None:
 
 
 async def test_stdin_from_a_regular_file(tmp_path: Path) -> None:
-    """stdin that asyncio cannot watch (a file) is served by the SDK's threaded transport."""
+    """stdin that asyncio cannot watch (a file) is read in a worker thread."""
     requests = tmp_path / "requests.jsonl"
     requests.write_bytes(INITIALIZE)
     with requests.open("rb") as stdin:

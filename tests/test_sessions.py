@@ -1,4 +1,4 @@
-"""Sessions, environment variables and sandboxes: TOOLS.md "Sandboxes" and "Sessions"."""
+"""Sessions, environment variables and sandboxes: the README's "Sandboxes" and "Sessions and commands"."""
 
 from __future__ import annotations
 

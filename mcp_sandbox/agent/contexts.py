@@ -42,7 +42,6 @@ ALIASES = {
     "js": "javascript", "node": "javascript", "nodejs": "javascript",
     "ts": "typescript",
 }
-DEFAULT_TIMEOUT = 120.0
 # How long an interrupted run may take to stop before its interpreter is killed and replaced.
 INTERRUPT_GRACE = 3.0
 START_TIMEOUT = 60.0
@@ -253,6 +252,7 @@ class Contexts:
         # Before anything can import matplotlib: a headless backend whose figures become results.
         self._base_env["MPLBACKEND"] = "Agg"
         self._max_output: int = config["max_output"]
+        self._default_timeout: float = config["command_timeout"]  # --command-timeout, as for exec
         # Each context is an interpreter process: the defaults count too.
         self._max_contexts: int = config.get("limits", {}).get("max_code_contexts", 8)
         self._output_dir = os.path.join(config["state_dir"], "output")
@@ -325,7 +325,7 @@ class Contexts:
         code = params.get("code")
         if not isinstance(code, str):
             raise AgentError("INVALID_ARGUMENT", "code must be a string of source code")
-        timeout = params.get("timeout") or DEFAULT_TIMEOUT
+        timeout = params.get("timeout") or self._default_timeout
         if timeout <= 0:
             raise AgentError("INVALID_ARGUMENT", "timeout must be a positive number of seconds")
         context = self._target(params.get("context_id"), params.get("language"))

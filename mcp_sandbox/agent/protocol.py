@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 
 class AgentError(Exception):
-    """An error with a code from TOOLS.md, reported to the host as-is."""
+    """An error with one of the codes the README lists under "Tools", reported to the host as-is."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

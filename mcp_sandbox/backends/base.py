@@ -64,6 +64,10 @@ class Backend(Protocol):
 
     async def start(self, spec: SandboxSpec, config: AgentConfig) -> AgentHandle: ...
 
+    def resource_limits(self) -> dict[str, Any]:
+        """The limits it puts on every sandbox, as sandbox_info reports them (memory, cpus, pids_limit)."""
+        ...
+
     async def reap_orphans(self) -> None:
         """Remove what servers that are gone left behind (after a crash or SIGKILL)."""
         ...

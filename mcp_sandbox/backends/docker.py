@@ -75,44 +75,70 @@ CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETUID", "SETGID",
 def _docker() -> Any:
     try:
         import docker
-    except ImportError as exc:
+    except ImportError as exc:  # a dependency of mcp-sandbox: only a broken install lacks it
         raise SandboxError(
             "BACKEND_UNAVAILABLE",
-            "the docker backend needs the docker package: pip install 'mcp-sandbox[docker]' "
-            "(or use --backend local)",
+            f"the docker Python package is missing ({exc}); reinstall mcp-sandbox, or use --backend local",
         ) from exc
     return docker
 
 
 def engine_address() -> str:
-    return os.environ.get("DOCKER_HOST") or "unix://" + DEFAULT_SOCKET
+    """Where the engine is looked for, as the user would name it."""
+    host = os.environ.get("DOCKER_HOST")
+    return f"DOCKER_HOST={host}" if host else "unix://" + DEFAULT_SOCKET
 
 
-def connect(timeout: float = CONNECT_TIMEOUT) -> Any:
-    """A docker client whose engine answered a ping within ``timeout`` seconds."""
-    docker = _docker()
-    try:
-        client = docker.from_env(timeout=timeout)
-        client.ping()
-    except Exception as exc:  # the SDK raises DockerException, requests and OSError errors alike
-        raise SandboxError(
-            "BACKEND_UNAVAILABLE",
-            f"no Docker engine answers at {engine_address()} ({exc}); start it (e.g. 'systemctl start "
-            "docker' or 'dockerd &'), check DOCKER_HOST and that this user may use the engine (group "
-            "docker), or use --backend local",
-        ) from exc
+def why(exc: BaseException) -> str:
+    """The root cause of a failed connection, briefly: the OS error under the SDK's wrappers."""
+    seen: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        current = todo.pop(0)
+        if current in seen:
+            continue
+        seen.append(current)
+        if isinstance(current, OSError) and current.strerror:
+            return current.strerror
+        todo += [c for c in (current.__cause__, current.__context__, *current.args) if isinstance(c, BaseException)]
+    return str(exc)
+
+
+def no_engine(exc: BaseException) -> str:
+    return f"no Docker engine answers at {engine_address()} ({why(exc)})"
+
+
+def _ping(timeout: float) -> Any:
+    client = _docker().from_env(timeout=timeout)
+    client.ping()
     client.api.timeout = API_TIMEOUT
     return client
 
 
+def connect(timeout: float = CONNECT_TIMEOUT) -> Any:
+    """A docker client whose engine answered a ping within ``timeout`` seconds."""
+    try:
+        return _ping(timeout)
+    except Exception as exc:  # the SDK raises DockerException, requests and OSError errors alike
+        raise SandboxError(
+            "BACKEND_UNAVAILABLE",
+            f"{no_engine(exc)}; start it (e.g. 'systemctl start docker' or 'dockerd &'), check DOCKER_HOST "
+            "and that this user may use the engine (group docker), or use --backend local",
+        ) from exc
+
+
 def probe() -> Any | None:
-    """A client if an engine answers quickly, else None; no import at all without any engine."""
+    """A client if an engine answers quickly, else None (and the log says what was tried, and why
+    it failed); no import at all without any engine."""
     if "DOCKER_HOST" not in os.environ and not os.path.exists(DEFAULT_SOCKET):
+        logger.info("no Docker engine: DOCKER_HOST is not set and there is no socket at %s; "
+                    "using the local backend", DEFAULT_SOCKET)
         return None
     try:
-        return connect(PROBE_TIMEOUT)
-    except SandboxError as exc:
-        logger.debug("%s", exc.message)
+        return _ping(PROBE_TIMEOUT)
+    except Exception as exc:
+        # An engine seems to be there, yet it did not answer: worth a warning.
+        logger.warning("%s; using the local backend", no_engine(exc))
         return None
 
 
@@ -360,6 +386,10 @@ class DockerBackend:
         self._image: str | None = None
         self._image_lock = anyio.Lock()
         self._bundle: bytes | None = None
+
+    def resource_limits(self) -> dict[str, Any]:
+        s = self.settings
+        return {"memory": s.memory, "cpus": s.cpus, "pids_limit": s.pids_limit}
 
     async def image(self) -> str:
         """The sandbox image, present on the engine (pulled on first use if needed)."""

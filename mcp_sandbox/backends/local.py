@@ -133,6 +133,9 @@ class LocalBackend:
                 "network and files; install bubblewrap for isolation", getpass.getuser()
             )
 
+    def resource_limits(self) -> dict[str, Any]:
+        return {}  # no memory, CPU or process limit of its own (README, "Security model")
+
     async def start(self, spec: SandboxSpec, config: AgentConfig) -> LocalAgent:
         directory = self.root / spec.sandbox_id
         (directory / "workspace").mkdir(parents=True)

@@ -1,1 +1,2 @@
-"""The MCP tools, one module per area of TOOLS.md; server.py registers them all."""
+"""The MCP tools, one module per area of the README's "Tools" and "Code contexts" sections;
+server.py registers them all."""

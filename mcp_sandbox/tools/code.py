@@ -21,6 +21,7 @@ from .common import (
     result,
     runs_code,
     tool_errors,
+    with_settings,
 )
 
 IMAGE_TYPES = ("image/png", "image/jpeg")
@@ -97,6 +98,7 @@ def image_blocks(r: CodeResult) -> list[ContentBlock]:
 
 def register(server: MCPServer, manager: SandboxManager) -> None:
     @server.tool(annotations=runs_code(manager.settings.network))
+    @with_settings(manager.settings)
     @tool_errors
     async def run_code(
         code: Annotated[str, Field(description="The code to run: one or more statements, like a notebook cell.")],
@@ -104,7 +106,10 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         context_id: ContextId = None,
         language: Language = None,
         timeout: Annotated[
-            float | None, Field(gt=0, description="Seconds before the code is interrupted (default 120).")
+            float | None, Field(
+                gt=0,
+                description="Seconds before the code is interrupted; omit for the default this tool's description names.",
+            ),
         ] = None,
         sandbox_id: SandboxId = None,
     ) -> Annotated[CallToolResult, CodeResult]:
@@ -117,7 +122,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         MIME bundles (text/plain, text/html, application/json, image/png, ...). Open matplotlib
         figures become PNG results, and every image is also returned as an image you can see.
         An exception comes back in `error` with its traceback; the context keeps its state.
-        At the timeout (default 120 s) the code is interrupted (KeyboardInterrupt) and the
+        At the timeout ({command_timeout} unless `timeout` says otherwise) the code is interrupted (KeyboardInterrupt) and the
         context keeps its state; code that will not stop gets its interpreter restarted
         (`restarted: true`, state lost). Python runs under IPython when the sandbox has it
         (`%pip install x`, `!ls`, magics); JavaScript on Node.js (let/const persist, top-level
@@ -130,6 +135,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         return result(r, render_code(r), image_blocks(r))
 
     @server.tool(annotations=CREATES)
+    @with_settings(manager.settings)
     @tool_errors
     async def create_code_context(
         language: Language = None,
@@ -148,8 +154,8 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
 
         Not needed for simple use: run_code without context_id uses the language's default
         context. Create one to keep independent pieces of work apart, or to run code in
-        parallel (runs in one context are serialised). Unused contexts expire after a while.
-        Returns the context_id to pass to run_code.
+        parallel (runs in one context are serialised). Contexts unused for {session_idle_timeout}
+        are deleted. Returns the context_id to pass to run_code.
         """
         sandbox = await manager.get(sandbox_id)
         r = await sandbox.create_code_context(language, context_id=context_id, cwd=cwd, env=env)

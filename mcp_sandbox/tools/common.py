@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from ..errors import SandboxError
 from ..manager import SandboxManager
 from ..sandbox import Sandbox
+from ..settings import Settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -62,6 +63,36 @@ def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     # The docstring becomes the tool's description: without the source's indentation.
     wrapper.__doc__ = inspect.cleandoc(fn.__doc__ or "")
     return wrapper
+
+
+def duration(seconds: float) -> str:
+    """Seconds as a person says them: 120 s, 15 min, 2 h."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 600 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
+def with_settings(settings: Settings) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    """Write the settings this server runs with where a tool's docstring names them
+    ({command_timeout}, {max_output}, {idle_timeout}, {session_idle_timeout}): the model reads
+    the values in force, not the defaults."""
+    values = {
+        "{command_timeout}": duration(settings.command_timeout),
+        "{max_output}": f"{settings.max_output:,}",
+        "{idle_timeout}": duration(settings.idle_timeout),
+        "{session_idle_timeout}": duration(settings.session_idle_timeout),
+    }
+
+    def fill(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        doc = fn.__doc__ or ""
+        for name, value in values.items():
+            doc = doc.replace(name, value)
+        fn.__doc__ = doc
+        return fn
+
+    return fill
 
 
 def resource_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:

@@ -33,6 +33,7 @@ from .common import (
     result,
     runs_code,
     tool_errors,
+    with_settings,
 )
 
 ProcessId = Annotated[str, Field(description="The process, as start_process or list_processes named it.")]
@@ -126,6 +127,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         return result(r, text)
 
     @server.tool(annotations=READ_ONLY)
+    @with_settings(manager.settings)
     @tool_errors
     async def get_process_logs(
         process_id: ProcessId,
@@ -149,7 +151,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         'Listening on|ready'), when the process ends without one matching, or at the timeout;
         with wait_for_exit, when it ends or at the timeout. A wait that runs out is not an error:
         check 'matched', 'timed_out' and 'status'. Each stream comes back whole, or its last `tail`
-        lines, cut to the server's --max-output characters (head and tail kept, 'truncated' set);
+        lines, cut to {max_output} characters (head and tail kept, 'truncated' set);
         the whole logs stay in stdout_file/stderr_file in the sandbox.
         """
         sandbox = await manager.get(sandbox_id)

@@ -13,11 +13,12 @@ from ..errors import SandboxError
 from ..manager import SandboxManager
 from ..models import Destroyed, Limits, SandboxCreated, SandboxInfo
 from ..sandbox import timestamp
-from .common import CREATES, DESTRUCTIVE, READ_ONLY, Env, SandboxId, result, tool_errors
+from .common import CREATES, DESTRUCTIVE, READ_ONLY, Env, SandboxId, result, tool_errors, with_settings
 
 
 def register(server: MCPServer, manager: SandboxManager) -> None:
     @server.tool(annotations=CREATES)
+    @with_settings(manager.settings)
     @tool_errors
     async def create_sandbox(
         env: Annotated[Env, Field(description="Environment variables for every command in the sandbox.")] = None,
@@ -28,8 +29,8 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         """Create a new, empty sandbox and return its sandbox_id.
 
         Use it to keep separate pieces of work apart, or when the server has no default sandbox
-        (HTTP). Pass the returned sandbox_id to every other tool. Sandboxes are destroyed after a
-        period without use, and all of them when the server stops.
+        (HTTP). Pass the returned sandbox_id to every other tool. A sandbox is destroyed after
+        {idle_timeout} without a tool call, and all of them when the server stops.
         """
         sandbox = await manager.create(env=env, network=network)
         model = SandboxCreated(

@@ -22,9 +22,13 @@ from .common import (
     result,
     runs_code,
     tool_errors,
+    with_settings,
 )
 
-Timeout = Annotated[float | None, Field(gt=0, description="Seconds before the command is killed.")]
+Timeout = Annotated[
+    float | None,
+    Field(gt=0, description="Seconds before the command is killed; omit for the default this tool's description names."),
+]
 
 
 def render_exec(r: ExecResult) -> str:
@@ -44,6 +48,7 @@ def render_exec(r: ExecResult) -> str:
 
 def register(server: MCPServer, manager: SandboxManager) -> None:
     @server.tool(annotations=runs_code(manager.settings.network))
+    @with_settings(manager.settings)
     @tool_errors
     async def exec(
         command: Annotated[str, Field(description="A bash command line or script (multi-line is fine).")],
@@ -60,8 +65,9 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         State persists between calls in the same session: `cd`, `export`, shell variables,
         functions, aliases and `source venv/bin/activate` carry over (unless cwd or env is given,
         which apply to this command only). stdin is empty unless `stdin` is given, so nothing waits
-        for input. `exit N` ends only this command. At the timeout (default 120 s) the command and
-        everything it started are killed and the session keeps its earlier state. A non-zero exit
+        for input. `exit N` ends only this command. At the timeout ({command_timeout} unless the
+        session or `timeout` says otherwise) the command and everything it started are killed and
+        the session keeps its earlier state. A non-zero exit
         code is a normal result, not an error. Long output keeps its head and tail and the full
         text is saved to stdout_file/stderr_file in the sandbox (read it with read_file or grep).
         For servers or anything long-running, use start_process instead.
@@ -74,6 +80,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         return result(r, render_exec(r))
 
     @server.tool(annotations=CREATES)
+    @with_settings(manager.settings)
     @tool_errors
     async def create_session(
         session_id: Annotated[
@@ -90,7 +97,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
 
         Sessions share the sandbox's files and processes but run commands in parallel with each
         other (commands within one session run one at a time). Use one per independent workflow,
-        e.g. a build and a test run side by side. Unused sessions expire after a while.
+        e.g. a build and a test run side by side. Sessions unused for {session_idle_timeout} are deleted.
         """
         sandbox = await manager.get(sandbox_id)
         r = await sandbox.create_session(session_id, cwd=cwd, env=dict(env or {}), timeout=timeout)
