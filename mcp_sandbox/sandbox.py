@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 
+from .agent.names import params_problem
 from .backends.base import AgentHandle
 from .channel import AgentChannel, Base64Text
 from .errors import SandboxError
@@ -85,6 +86,9 @@ class Sandbox:
 
     async def call(self, method: str, params: dict[str, Any], notify: Any = None) -> Any:
         """One agent request; counts as use of the sandbox while it runs (for idle expiry)."""
+        problem = params_problem(params)  # the agent checks too; a bad name never leaves the host
+        if problem is not None:
+            raise SandboxError("INVALID_ARGUMENT", problem)
         self.active_calls += 1
         try:
             return await self.channel.request(method, {k: v for k, v in params.items() if v is not None}, notify)

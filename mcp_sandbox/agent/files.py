@@ -19,7 +19,7 @@ import shutil
 import stat
 import tempfile
 from collections import OrderedDict, deque
-from typing import IO, Any, Deque, Dict, List, Optional, Tuple
+from typing import IO, Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from .protocol import AgentError, Base64Text
 from .sessions import Sessions
@@ -32,6 +32,8 @@ CHUNK_MAX = 4 << 20
 _BLOCK = 1 << 20
 LIST_MAX = 10000
 OPEN_MAX = 64
+# Kernel files report size 0; past this much, one is taken to be endless.
+PSEUDO_FILE_MAX = 64 << 20
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 
@@ -81,6 +83,28 @@ def os_error(exc: OSError, path: str) -> AgentError:
     return AgentError("INTERNAL", "%s: %s" % (where, exc.strerror or exc))
 
 
+def read_error(exc: OSError, path: str) -> AgentError:
+    """An OSError while opening or reading a file: what special files do gets its own answer."""
+    if exc.errno in (errno.EAGAIN, errno.EIO, errno.ENXIO, errno.ENODEV, errno.EINVAL, errno.EOPNOTSUPP):
+        return AgentError(
+            "INVALID_ARGUMENT",
+            "%s cannot be read as a file (%s): it is a special file, such as a terminal, a device or "
+            "process memory; read it with exec if it can be read at all" % (path, exc.strerror or exc),
+        )
+    return os_error(exc, path)
+
+
+def _vital_directories(workspace: str, state_dir: str) -> Set[str]:
+    """/, the workspace, the state directory and every directory above them, as named and resolved."""
+    vital = {os.sep}
+    for path in (workspace, state_dir):
+        for form in {os.path.normpath(path), os.path.realpath(path)}:
+            while form not in vital:
+                vital.add(form)
+                form = os.path.dirname(form)
+    return vital
+
+
 def decode_base64(text: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
@@ -98,8 +122,10 @@ class _Write:
 
 
 class Files:
-    def __init__(self, sessions: Sessions) -> None:
+    def __init__(self, sessions: Sessions, config: Dict[str, Any]) -> None:
         self._sessions = sessions
+        self._state_dir = os.path.realpath(config["state_dir"])
+        self._vital = _vital_directories(config["workspace"], config["state_dir"])
         self._umask = _umask()
         self._writes: Dict[str, _Write] = {}
         # Reads the host has not closed yet; the oldest is closed beyond OPEN_MAX (a host that died).
@@ -119,6 +145,21 @@ class Files:
             raise AgentError("INVALID_ARGUMENT", "%s must be a path without NUL bytes" % key)
         cwd = self._sessions.get(params.get("session_id")).cwd
         return os.path.normpath(os.path.join(cwd, path))
+
+    def refuse_vital(self, path: str, action: str) -> None:
+        """INVALID_ARGUMENT for ``/``, the workspace, the agent's state and any directory holding
+        them: deleting or moving those would wreck the sandbox (or, without isolation, the host)."""
+        # The path as named, and with its directories' symlinks resolved (not its last part: a
+        # link to / is only a link).
+        real = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+        for candidate in (path, os.path.normpath(real)):
+            inside_state = candidate == self._state_dir or candidate.startswith(self._state_dir + os.sep)
+            if candidate in self._vital or inside_state:
+                raise AgentError(
+                    "INVALID_ARGUMENT",
+                    "refusing to %s %s: it is / or holds the workspace or the sandbox's own state; "
+                    "%s what is inside the workspace instead" % (action, path, action),
+                )
 
     def _handle(self) -> str:
         self._handles += 1
@@ -224,11 +265,12 @@ class Files:
 
     def _open_file(self, path: str) -> IO[bytes]:
         # Non-blocking, and checked before any read: a named pipe would block the agent, and a
-        # device may never end.
+        # device may never end. It stays non-blocking (no change for a regular file): a kernel file
+        # that waits for data (/proc/kmsg, trace_pipe) then fails instead of stopping the agent.
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
         except OSError as exc:
-            raise os_error(exc, path)
+            raise read_error(exc, path)
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             os.close(fd)
@@ -239,7 +281,6 @@ class Files:
                 "%s is not a regular file (a pipe, socket or device); read from it with exec, e.g. "
                 "head -c 4096 %s" % (path, path),
             )
-        os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
 
     def read(self, params: Dict[str, Any]) -> Dict[str, Any]:
@@ -254,13 +295,15 @@ class Files:
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise AgentError("INVALID_ARGUMENT", "%s must be a number of lines, 0 or more" % name)
         with self._open_file(path) as f:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(16)
-            mime = sniff_mime(path, head)
-            f.seek(0)
-            cap = IMAGE_MAX if mime in IMAGE_TYPES and offset is None and limit is None else READ_MAX
-            first_line = max(offset or 1, 1)
-            data, truncated, next_line = _read_lines(f, first_line, limit, cap)
+            try:
+                size = os.fstat(f.fileno()).st_size
+                head = os.pread(f.fileno(), 16, 0)
+                mime = sniff_mime(path, head)
+                cap = IMAGE_MAX if mime in IMAGE_TYPES and offset is None and limit is None else READ_MAX
+                first_line = max(offset or 1, 1)
+                data, truncated, next_line = _read_lines(_reader(f, size, path), first_line, limit, cap)
+            except OSError as exc:
+                raise read_error(exc, path)
         text: Optional[str] = None
         if encoding in (None, "auto", "utf-8", "utf8"):
             text = _decode(data, final=not truncated or data.endswith(b"\n"))
@@ -291,7 +334,11 @@ class Files:
         while len(self._reads) > OPEN_MAX:
             self._reads.popitem(last=False)[1].close()
         size = os.fstat(f.fileno()).st_size
-        head = os.pread(f.fileno(), 16, 0)
+        try:
+            head = os.pread(f.fileno(), 16, 0)
+        except OSError as exc:
+            self.read_close({"handle": handle})
+            raise read_error(exc, path)
         return {"handle": handle, "path": path, "size": size, "mime_type": sniff_mime(path, head)}
 
     def read_chunk(self, params: Dict[str, Any]) -> Dict[str, Any]:
@@ -299,7 +346,10 @@ class Files:
         if f is None:
             raise AgentError("INVALID_ARGUMENT", "no open file with handle %r" % params.get("handle"))
         size = min(int(params.get("size") or CHUNK_MAX), CHUNK_MAX)
-        data = os.pread(f.fileno(), size, int(params.get("offset") or 0))
+        try:
+            data = os.pread(f.fileno(), size, int(params.get("offset") or 0))
+        except OSError as exc:
+            raise read_error(exc, "the open file %s" % params.get("handle"))
         return {"data": Base64Text(base64.b64encode(data).decode("ascii"))}
 
     def read_close(self, params: Dict[str, Any]) -> Dict[str, Any]:
@@ -348,6 +398,7 @@ class Files:
 
     async def delete(self, params: Dict[str, Any]) -> Dict[str, Any]:
         path = self.resolve(params)
+        self.refuse_vital(path, "delete")
         try:
             st = os.lstat(path)
         except OSError as exc:
@@ -376,6 +427,8 @@ class Files:
     async def move(self, params: Dict[str, Any]) -> Dict[str, Any]:
         source = self.resolve(params, "source")
         destination = self.resolve(params, "destination")
+        self.refuse_vital(source, "move")
+        self.refuse_vital(destination, "replace")
         try:
             os.lstat(source)
         except OSError as exc:
@@ -423,7 +476,31 @@ def _after_lines(data: bytes, count: int) -> Tuple[int, int]:
     return index, count
 
 
-def _read_lines(f: IO[bytes], first: int, limit: Optional[int], cap: int) -> Tuple[bytes, bool, Optional[int]]:
+def _reader(f: IO[bytes], size: int, path: str) -> Callable[[int], bytes]:
+    """``f.read`` for _read_lines, which fails rather than wait (a non-blocking kernel file with
+    nothing to give) and, for a kernel file that claims size 0, stops after PSEUDO_FILE_MAX bytes
+    (/proc/self/pagemap would go on for hundreds of gigabytes)."""
+    left = PSEUDO_FILE_MAX if size == 0 else -1
+
+    def read(count: int) -> bytes:
+        nonlocal left
+        data = f.read(count)
+        if data is None:
+            raise BlockingIOError(errno.EAGAIN, "it has no data without waiting")
+        if left >= 0:
+            left -= len(data)
+            if left < 0:
+                raise AgentError(
+                    "INVALID_ARGUMENT",
+                    "%s is a kernel file that does not end within %d MiB; read a part of it with exec, "
+                    "e.g. head -c 4096 %s" % (path, PSEUDO_FILE_MAX >> 20, path),
+                )
+        return data
+
+    return read
+
+
+def _read_lines(read: Callable[[int], bytes], first: int, limit: Optional[int], cap: int) -> Tuple[bytes, bool, Optional[int]]:
     """Lines ``first`` (1-based) onwards: at most ``limit`` lines and ``cap`` bytes.
 
     Returns (data, cut by the cap, the line to continue from or None when nothing follows).
@@ -431,7 +508,7 @@ def _read_lines(f: IO[bytes], first: int, limit: Optional[int], cap: int) -> Tup
     line = 1
     rest = b""
     while line < first:
-        block = f.read(_BLOCK)
+        block = read(_BLOCK)
         if not block:
             return b"", False, None
         index, skipped = _after_lines(block, first - line)
@@ -439,7 +516,7 @@ def _read_lines(f: IO[bytes], first: int, limit: Optional[int], cap: int) -> Tup
         if line == first:
             rest = block[index:]
     want = cap + 1 - len(rest)
-    data = rest + f.read(want) if want > 0 else rest
+    data = rest + read(want) if want > 0 else rest
     more = len(data) > cap
     data = data[:cap]
     if limit is not None:
