@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from .agent.names import env_problem
 from .backends.base import AgentConfig, Backend, SandboxSpec
 from .channel import AgentChannel
 from .errors import SandboxError
@@ -87,6 +88,9 @@ class SandboxManager:
         return await self._task_group.__aexit__(exc_type, exc, tb)
 
     async def create(self, *, env: dict[str, str] | None = None, network: bool = False) -> Sandbox:
+        problem = env_problem(env)  # they become every session's first export lines
+        if problem is not None:
+            raise SandboxError("INVALID_ARGUMENT", problem)
         if len(self.sandboxes) >= self.settings.max_sandboxes:
             raise SandboxError(
                 "LIMIT_REACHED",

@@ -25,27 +25,29 @@ def id_problem(kind: str, value: Any) -> Optional[str]:
     )
 
 
-def env_name_problem(name: Any) -> Optional[str]:
-    """Why ``name`` is not a valid environment variable name, or None."""
-    if isinstance(name, str) and ENV_NAME_PATTERN.fullmatch(name):
+def env_problem(env: Any) -> Optional[str]:
+    """Why ``env`` (names to values, None to unset) cannot be used, or None."""
+    if env is None:
         return None
-    return "%r is not a valid environment variable name; use letters, digits and '_', not starting with a digit" % (
-        name,
-    )
+    if not isinstance(env, dict):
+        return "env must be an object of names to values"
+    for name, value in env.items():
+        if not (isinstance(name, str) and ENV_NAME_PATTERN.fullmatch(name)):
+            return (
+                "%r is not a valid environment variable name; use letters, digits and '_', not starting "
+                "with a digit" % (name,)
+            )
+        if value is not None and (not isinstance(value, str) or "\0" in value):
+            return "the value of %s must be a string without NUL bytes" % name
+    return None
 
 
 def params_problem(params: Dict[str, Any]) -> Optional[str]:
-    """The first invalid id or environment variable name among a request's parameters, or None."""
+    """The first invalid id or environment variable among a request's parameters, or None."""
     for kind in ID_KINDS:
         value = params.get(kind + "_id")
         if value is not None:
             problem = id_problem(kind, value)
             if problem is not None:
                 return problem
-    env = params.get("env")
-    if isinstance(env, dict):
-        for name in env:
-            problem = env_name_problem(name)
-            if problem is not None:
-                return problem
-    return None
+    return env_problem(params.get("env"))

@@ -31,7 +31,7 @@ from collections import deque
 from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Tuple
 
 from .capture import Capture
-from .names import env_name_problem, id_problem
+from .names import env_problem, id_problem
 from .children import Children, spawn_error
 from .pipes import PipeReader, make_pipe
 from .protocol import AgentError, Request
@@ -66,15 +66,10 @@ def check_id(kind: str, value: str) -> str:
 
 
 def check_env(env: Optional[Dict[str, Any]]) -> Dict[str, Optional[str]]:
-    result: Dict[str, Optional[str]] = {}
-    for name, value in (env or {}).items():
-        problem = env_name_problem(name)
-        if problem is not None:
-            raise AgentError("INVALID_ARGUMENT", problem)
-        if value is not None and (not isinstance(value, str) or "\0" in value):
-            raise AgentError("INVALID_ARGUMENT", "the value of %s must be a string without NUL bytes" % name)
-        result[name] = value
-    return result
+    problem = env_problem(env)
+    if problem is not None:
+        raise AgentError("INVALID_ARGUMENT", problem)
+    return dict(env or {})
 
 
 def env_lines(env: Dict[str, Optional[str]]) -> str:
