@@ -72,6 +72,7 @@ class Sandbox:
         self.handle = handle
         self.channel = channel
         self.network = network
+        self.tenant = ""  # who created it (tenants.py); set by the manager, "" while it is a warm spare
         self.created_at = time.time()
         self.last_used_at = self.created_at
         self.active_calls = 0
