@@ -19,8 +19,9 @@ import shutil
 import stat
 import tempfile
 from collections import OrderedDict, deque
-from typing import IO, Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import IO, Any, Callable, Deque, Dict, List, Optional, Tuple
 
+from .file_guards import VitalPaths, bounded_reader
 from .protocol import AgentError, Base64Text
 from .sessions import Sessions
 
@@ -32,8 +33,6 @@ CHUNK_MAX = 4 << 20
 _BLOCK = 1 << 20
 LIST_MAX = 10000
 OPEN_MAX = 64
-# Kernel files report size 0; past this much, one is taken to be endless.
-PSEUDO_FILE_MAX = 64 << 20
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 
@@ -94,17 +93,6 @@ def read_error(exc: OSError, path: str) -> AgentError:
     return os_error(exc, path)
 
 
-def _vital_directories(workspace: str, state_dir: str) -> Set[str]:
-    """/, the workspace, the state directory and every directory above them, as named and resolved."""
-    vital = {os.sep}
-    for path in (workspace, state_dir):
-        for form in {os.path.normpath(path), os.path.realpath(path)}:
-            while form not in vital:
-                vital.add(form)
-                form = os.path.dirname(form)
-    return vital
-
-
 def decode_base64(text: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
@@ -124,8 +112,7 @@ class _Write:
 class Files:
     def __init__(self, sessions: Sessions, config: Dict[str, Any]) -> None:
         self._sessions = sessions
-        self._state_dir = os.path.realpath(config["state_dir"])
-        self._vital = _vital_directories(config["workspace"], config["state_dir"])
+        self._vital = VitalPaths(config["workspace"], config["state_dir"])
         self._umask = _umask()
         self._writes: Dict[str, _Write] = {}
         # Reads the host has not closed yet; the oldest is closed beyond OPEN_MAX (a host that died).
@@ -145,21 +132,6 @@ class Files:
             raise AgentError("INVALID_ARGUMENT", "%s must be a path without NUL bytes" % key)
         cwd = self._sessions.get(params.get("session_id")).cwd
         return os.path.normpath(os.path.join(cwd, path))
-
-    def refuse_vital(self, path: str, action: str) -> None:
-        """INVALID_ARGUMENT for ``/``, the workspace, the agent's state and any directory holding
-        them: deleting or moving those would wreck the sandbox (or, without isolation, the host)."""
-        # The path as named, and with its directories' symlinks resolved (not its last part: a
-        # link to / is only a link).
-        real = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
-        for candidate in (path, os.path.normpath(real)):
-            inside_state = candidate == self._state_dir or candidate.startswith(self._state_dir + os.sep)
-            if candidate in self._vital or inside_state:
-                raise AgentError(
-                    "INVALID_ARGUMENT",
-                    "refusing to %s %s: it is / or holds the workspace or the sandbox's own state; "
-                    "%s what is inside the workspace instead" % (action, path, action),
-                )
 
     def _handle(self) -> str:
         self._handles += 1
@@ -301,7 +273,7 @@ class Files:
                 mime = sniff_mime(path, head)
                 cap = IMAGE_MAX if mime in IMAGE_TYPES and offset is None and limit is None else READ_MAX
                 first_line = max(offset or 1, 1)
-                data, truncated, next_line = _read_lines(_reader(f, size, path), first_line, limit, cap)
+                data, truncated, next_line = _read_lines(bounded_reader(f, size, path), first_line, limit, cap)
             except OSError as exc:
                 raise read_error(exc, path)
         text: Optional[str] = None
@@ -398,7 +370,7 @@ class Files:
 
     async def delete(self, params: Dict[str, Any]) -> Dict[str, Any]:
         path = self.resolve(params)
-        self.refuse_vital(path, "delete")
+        self._vital.refuse(path, "delete")
         try:
             st = os.lstat(path)
         except OSError as exc:
@@ -427,8 +399,8 @@ class Files:
     async def move(self, params: Dict[str, Any]) -> Dict[str, Any]:
         source = self.resolve(params, "source")
         destination = self.resolve(params, "destination")
-        self.refuse_vital(source, "move")
-        self.refuse_vital(destination, "replace")
+        self._vital.refuse(source, "move")
+        self._vital.refuse(destination, "replace")
         try:
             os.lstat(source)
         except OSError as exc:
@@ -476,31 +448,9 @@ def _after_lines(data: bytes, count: int) -> Tuple[int, int]:
     return index, count
 
 
-def _reader(f: IO[bytes], size: int, path: str) -> Callable[[int], bytes]:
-    """``f.read`` for _read_lines, which fails rather than wait (a non-blocking kernel file with
-    nothing to give) and, for a kernel file that claims size 0, stops after PSEUDO_FILE_MAX bytes
-    (/proc/self/pagemap would go on for hundreds of gigabytes)."""
-    left = PSEUDO_FILE_MAX if size == 0 else -1
-
-    def read(count: int) -> bytes:
-        nonlocal left
-        data = f.read(count)
-        if data is None:
-            raise BlockingIOError(errno.EAGAIN, "it has no data without waiting")
-        if left >= 0:
-            left -= len(data)
-            if left < 0:
-                raise AgentError(
-                    "INVALID_ARGUMENT",
-                    "%s is a kernel file that does not end within %d MiB; read a part of it with exec, "
-                    "e.g. head -c 4096 %s" % (path, PSEUDO_FILE_MAX >> 20, path),
-                )
-        return data
-
-    return read
-
-
-def _read_lines(read: Callable[[int], bytes], first: int, limit: Optional[int], cap: int) -> Tuple[bytes, bool, Optional[int]]:
+def _read_lines(
+    read: Callable[[int], bytes], first: int, limit: Optional[int], cap: int
+) -> Tuple[bytes, bool, Optional[int]]:
     """Lines ``first`` (1-based) onwards: at most ``limit`` lines and ``cap`` bytes.
 
     Returns (data, cut by the cap, the line to continue from or None when nothing follows).
