@@ -20,6 +20,7 @@ from .manager import SandboxManager
 from .server import build_server
 from .settings import Settings
 from .stdio import serve_stdio
+from .tenants import Tokens, load_tokens
 
 logger = logging.getLogger("mcp_sandbox")
 
@@ -73,7 +74,7 @@ def load_settings(argv: list[str] | None = None) -> Settings:
         raise  # unreachable: error() exits
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, tokens: Tokens | None = None) -> None:
     async with SandboxManager(settings) as manager:
         server = build_server(manager)
         async with anyio.create_task_group() as tg:
@@ -93,7 +94,7 @@ async def serve(settings: Settings) -> None:
                 await serve_stdio(server)
                 logger.info("stdin closed; destroying all sandboxes")
             else:
-                await serve_http(server, settings)
+                await serve_http(server, settings, tokens)
             tg.cancel_scope.cancel()
 
 
@@ -143,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         check_exposure(settings)
-        anyio.run(serve, settings)
+        # Read before anything starts: a bad tokens file is one error line and exit status 2.
+        tokens = load_tokens(settings) if settings.transport == "http" else None
+        anyio.run(serve, settings, tokens)
     except KeyboardInterrupt:
         pass
     except Exception as exc:

@@ -17,6 +17,8 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from . import tenants
+from .agent.names import env_problem
 from .backends.base import AgentConfig, Backend, SandboxSpec
 from .channel import AgentChannel
 from .errors import SandboxError
@@ -48,7 +50,7 @@ class SandboxManager:
         self.settings = settings or Settings()
         self._backend = backend
         self.sandboxes: dict[str, Sandbox] = {}
-        self._default_id: str | None = None
+        self._default_ids: dict[str, str] = {}  # tenant to its default sandbox
         self._default_lock = anyio.Lock()
         self._task_group: TaskGroup | None = None
         # Started ahead with the default spec (--warm-sandboxes), handed out by create().
@@ -86,11 +88,15 @@ class SandboxManager:
         return await self._task_group.__aexit__(exc_type, exc, tb)
 
     async def create(self, *, env: dict[str, str] | None = None, network: bool = False) -> Sandbox:
+        """A new sandbox for the tenant of the request being served."""
+        tenant = self._tenant()
+        problem = env_problem(env)  # they become every session's first export lines
+        if problem is not None:
+            raise SandboxError("INVALID_ARGUMENT", problem)
         if len(self.sandboxes) >= self.settings.max_sandboxes:
-            raise SandboxError(
+            raise SandboxError(  # no count: other tenants' sandboxes are none of the caller's business
                 "LIMIT_REACHED",
-                f"{len(self.sandboxes)} sandboxes are alive, the most this server allows (--max-sandboxes); "
-                "destroy one you no longer need",
+                "the server runs the most sandboxes it allows (--max-sandboxes); destroy one you no longer need",
             )
         network = bool(network and self.settings.network)
         if not env and not network:
@@ -99,12 +105,13 @@ class SandboxManager:
                 if sandbox.channel.closed:
                     continue  # it died while it waited; its watcher cleans up
                 sandbox.created_at = sandbox.last_used_at = time.time()
+                sandbox.tenant = tenant  # warm ones are fresh: any tenant may have one
                 self.sandboxes[sandbox.id] = sandbox
                 self._refill_spares()
-                self._log_start("created", sandbox, " (a warm one)")
+                self._log_start("created", sandbox, f" for tenant {tenant} (a warm one)")
                 return sandbox
         try:
-            return await self._start(env, network, spare=False)
+            return await self._start(env, network, tenant=tenant)
         finally:
             self._refill_spares()
 
@@ -119,7 +126,7 @@ class SandboxManager:
 
     async def _start_spare(self) -> None:
         try:
-            sandbox = await self._start(None, False, spare=True)
+            sandbox = await self._start(None, False, tenant=None)
         except Exception as exc:  # no retry loop: the next create() tries again
             logger.warning("could not start a warm sandbox: %s", exc)
             return
@@ -130,13 +137,15 @@ class SandboxManager:
         else:
             self._spares.append(sandbox)
 
-    async def _start(self, env: dict[str, str] | None, network: bool, *, spare: bool) -> Sandbox:
-        """Start a sandbox and wait for its agent; registered at once unless it is a spare."""
+    async def _start(self, env: dict[str, str] | None, network: bool, *, tenant: str | None) -> Sandbox:
+        """Start a sandbox for a tenant and wait for its agent; registered at once unless it is a
+        spare (tenant None)."""
+        spare = tenant is None
         if self._task_group is None:
             raise RuntimeError("SandboxManager is not running; use 'async with SandboxManager(...)'")
         sandbox_id = "sbx_" + secrets.token_hex(8)
         handle = await self.backend.start(
-            SandboxSpec(sandbox_id=sandbox_id, env=dict(env or {}), network=network),
+            SandboxSpec(sandbox_id=sandbox_id, env=dict(env or {}), network=network, tenant=tenant or ""),
             AgentConfig(
                 max_output=self.settings.max_output,
                 command_timeout=self.settings.command_timeout,
@@ -150,6 +159,7 @@ class SandboxManager:
         )
         channel = AgentChannel(handle.receive, handle.send, sandbox_id)
         sandbox = Sandbox(sandbox_id, self.backend.name, handle, channel, network)
+        sandbox.tenant = tenant or ""
         if not spare:
             self.sandboxes[sandbox_id] = sandbox
         self._task_group.start_soon(self._watch, sandbox)
@@ -164,7 +174,7 @@ class SandboxManager:
         except BaseException:  # cancelled (the server is stopping): nothing may be left behind
             await self._discard(sandbox)
             raise
-        self._log_start("started warm" if spare else "created", sandbox)
+        self._log_start("started warm" if spare else "created", sandbox, "" if spare else f" for tenant {tenant}")
         return sandbox
 
     def _log_start(self, what: str, sandbox: Sandbox, how: str = "") -> None:
@@ -180,7 +190,7 @@ class SandboxManager:
     async def _watch(self, sandbox: Sandbox) -> None:
         await sandbox.channel.run()
         if self.sandboxes.get(sandbox.id) is sandbox:
-            logger.warning("sandbox %s stopped unexpectedly; removing it", sandbox.id)
+            logger.warning("sandbox %s of tenant %s stopped unexpectedly; removing it", sandbox.id, sandbox.tenant)
             await self.destroy(sandbox.id)
         elif sandbox in self._spares:
             logger.warning("warm sandbox %s stopped unexpectedly; removing it", sandbox.id)
@@ -195,7 +205,9 @@ class SandboxManager:
             cutoff = time.time() - idle
             for sandbox in list(self.sandboxes.values()):
                 if sandbox.active_calls == 0 and sandbox.last_used_at < cutoff:
-                    logger.info("sandbox %s was idle for %.0f s; destroying it", sandbox.id, idle)
+                    logger.info(
+                        "sandbox %s of tenant %s was idle for %.0f s; destroying it", sandbox.id, sandbox.tenant, idle
+                    )
                     await self._quietly(self.destroy(sandbox.id), sandbox.id)
 
     async def get(self, sandbox_id: str | None) -> Sandbox:
@@ -211,17 +223,30 @@ class SandboxManager:
 
     @property
     def default_id(self) -> str | None:
-        """The default sandbox's id, if it exists now (without creating it)."""
-        return self._default_id if self._default_id in self.sandboxes else None
+        """The requesting tenant's default sandbox's id, if it exists now (without creating it)."""
+        default = self._default_ids.get(self._tenant())
+        return default if default in self.sandboxes else None
+
+    def ids(self) -> list[str]:
+        """The ids of the requesting tenant's sandboxes."""
+        tenant = self._tenant()
+        return [sandbox.id for sandbox in self.sandboxes.values() if sandbox.tenant == tenant]
+
+    def _tenant(self) -> str:
+        tenant = tenants.current.get()
+        if tenant is None:
+            raise SandboxError("PERMISSION_DENIED", "this request carries no known bearer token")
+        return tenant
 
     async def _find(self, sandbox_id: str | None) -> Sandbox:
+        tenant = self._tenant()
         if sandbox_id is not None:
             sandbox = self.sandboxes.get(sandbox_id)
-            if sandbox is None:
+            if sandbox is None or sandbox.tenant != tenant:  # another's reads as no sandbox at all
                 raise SandboxError(
                     "SANDBOX_NOT_FOUND",
                     f"no sandbox {sandbox_id!r} (it may have been destroyed or expired); "
-                    f"sandboxes: {', '.join(self.sandboxes) or 'none'}; create one with create_sandbox",
+                    f"sandboxes: {', '.join(self.ids()) or 'none'}; create one with create_sandbox",
                 )
             return sandbox
         if not self.allows_default:
@@ -230,18 +255,19 @@ class SandboxManager:
                 "this server has no default sandbox; call create_sandbox and pass its sandbox_id",
             )
         async with self._default_lock:
-            if self._default_id is None or self._default_id not in self.sandboxes:
-                self._default_id = (await self.create()).id
-            return self.sandboxes[self._default_id]
+            if self._default_ids.get(tenant) not in self.sandboxes:
+                self._default_ids[tenant] = (await self.create()).id
+            return self.sandboxes[self._default_ids[tenant]]
 
     async def destroy(self, sandbox_id: str) -> None:
+        """Destroy a sandbox, whoever's it is (a tool finds it with get() first)."""
         sandbox = self.sandboxes.pop(sandbox_id, None)
         if sandbox is None:
             raise SandboxError("SANDBOX_NOT_FOUND", f"no sandbox {sandbox_id!r}; it may already be destroyed")
-        if self._default_id == sandbox_id:
-            self._default_id = None
+        if self._default_ids.get(sandbox.tenant) == sandbox_id:
+            del self._default_ids[sandbox.tenant]
         await self._remove(sandbox)
-        logger.info("destroyed sandbox %s", sandbox_id)
+        logger.info("destroyed sandbox %s of tenant %s", sandbox_id, sandbox.tenant)
         self._refill_spares()  # room under --max-sandboxes again
 
     async def _discard(self, sandbox: Sandbox) -> None:

@@ -133,6 +133,9 @@ class ProcessKilled(ProcessInfo):
 
 class ProcessesKilled(BaseModel):
     killed: int = Field(description="How many running processes were killed.")
+    jobs_killed: int = Field(
+        0, description="How many processes that exec commands had left running in the background (cmd &) were ended."
+    )
 
 
 class FileWritten(BaseModel):

@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 
+from .agent.names import params_problem
 from .backends.base import AgentHandle
 from .channel import AgentChannel, Base64Text
 from .errors import SandboxError
@@ -71,6 +72,7 @@ class Sandbox:
         self.handle = handle
         self.channel = channel
         self.network = network
+        self.tenant = ""  # who created it (tenants.py); set by the manager, "" while it is a warm spare
         self.created_at = time.time()
         self.last_used_at = self.created_at
         self.active_calls = 0
@@ -85,6 +87,9 @@ class Sandbox:
 
     async def call(self, method: str, params: dict[str, Any], notify: Any = None) -> Any:
         """One agent request; counts as use of the sandbox while it runs (for idle expiry)."""
+        problem = params_problem(params)  # the agent checks too; a bad name never leaves the host
+        if problem is not None:
+            raise SandboxError("INVALID_ARGUMENT", problem)
         self.active_calls += 1
         try:
             return await self.channel.request(method, {k: v for k, v in params.items() if v is not None}, notify)

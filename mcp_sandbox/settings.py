@@ -54,4 +54,9 @@ class Settings(BaseModel):
     max_code_contexts: int = Field(8, gt=0, description="Most code contexts per sandbox.")
     default_sandbox: bool = Field(False, description="HTTP: give calls without sandbox_id a default sandbox.")
     auth_token: str | None = Field(None, description="HTTP: bearer token required on every request.")
+    auth_tokens_file: Path | None = Field(
+        None,
+        description="HTTP: a file of 'name token' lines; each bearer token is a tenant that sees, uses and "
+        "lists only the sandboxes it created.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field("INFO", description="Log level.")

@@ -318,10 +318,10 @@ async def test_kill_all_processes(mcp: Tools) -> None:
     for name in ("a", "b"):
         await mcp("start_process", command="sleep 300", process_id=name)
     r = await mcp("kill_all_processes")
-    assert r == {"killed": 2}
+    assert r == {"killed": 2, "jobs_killed": 0}
     statuses = {p["process_id"]: p["status"] for p in (await mcp("list_processes"))["processes"]}
     assert statuses == {"done": "completed", "a": "killed", "b": "killed"}
-    assert await mcp("kill_all_processes") == {"killed": 0}
+    assert await mcp("kill_all_processes") == {"killed": 0, "jobs_killed": 0}
 
 
 async def test_process_log_resource(mcp: Tools) -> None:

@@ -10,11 +10,14 @@ inherits orphans; Popen is used only to start processes, never to wait for them.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import subprocess
 import time
-from typing import IO, Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import IO, Any, Dict, Optional, Sequence, Set, Tuple, Union
+
+from .protocol import AgentError
 
 TAG = "MCP_SANDBOX_JOB"
 _PR_SET_PDEATHSIG = 1
@@ -94,13 +97,60 @@ class Children:
         """Signal a job's process group and every process whose tag starts with ``tag_prefix``."""
         kill_tree(pgid, self._prefix + tag_prefix, sig)
 
+    def kill_all_but(self, tag_prefix: str, keep: Set[str]) -> int:
+        """SIGKILL every process whose tag starts with ``tag_prefix`` and is not one of ``keep``;
+        how many there were.
 
-def tagged_pids(prefix: str) -> List[int]:
-    """Pids of live processes whose tag starts with ``prefix``."""
+        What is found is stopped first, and killed once a look finds nothing new: a stopped
+        process cannot fork, so a fork bomb is frozen whole before it dies.
+        """
+        prefix = self._prefix + tag_prefix
+        kept = {self._prefix + tag for tag in keep}
+        stopped: Set[int] = set()
+        ended: Set[int] = set()
+        for _ in range(100):
+            found = {pid for pid, tag in tagged(prefix).items() if tag not in kept}
+            fresh = found - stopped
+            if fresh:
+                _send(fresh, signal.SIGSTOP)
+                stopped |= fresh
+            elif found:
+                _send(stopped, signal.SIGKILL)
+                ended |= stopped
+                stopped = set()
+            else:
+                break
+        _send(stopped, signal.SIGKILL)  # only if the rounds ran out
+        return len(ended | stopped)
+
+
+def spawn_error(exc: OSError) -> Exception:
+    """A process that could not start for want of room, as an error that says what to do."""
+    if exc.errno not in (errno.EAGAIN, errno.ENOMEM):
+        return exc
+    return AgentError(
+        "LIMIT_REACHED",
+        "the sandbox cannot start another process (%s): it is at its process or memory limit, often "
+        "because of jobs earlier commands left running in the background (cmd &) or a fork bomb; "
+        "kill_all_processes ends them (and the background processes), delete_session ends one "
+        "session's, destroy ends everything" % (exc.strerror or exc),
+    )
+
+
+def _send(pids: Set[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+
+
+def tagged(prefix: str) -> Dict[int, str]:
+    """Live processes whose tag starts with ``prefix``: pid to whole tag."""
     needle = ("\0%s=%s" % (TAG, prefix)).encode()
     first = ("%s=%s" % (TAG, prefix)).encode()
     me = os.getpid()
-    found = []
+    found: Dict[int, str] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == me:
             continue
@@ -109,8 +159,15 @@ def tagged_pids(prefix: str) -> List[int]:
                 environ = f.read()
         except OSError:
             continue
-        if needle in environ or environ.startswith(first):
-            found.append(int(name))
+        if environ.startswith(first):
+            start = len(TAG) + 1
+        else:
+            at = environ.find(needle)
+            if at < 0:
+                continue
+            start = at + len(TAG) + 2
+        end = environ.find(b"\0", start)
+        found[int(name)] = environ[start : end if end >= 0 else len(environ)].decode("utf-8", "replace")
     return found
 
 
@@ -126,7 +183,7 @@ def kill_tree(pgid: Optional[int], tag_prefix: str, sig: int = signal.SIGKILL) -
                 os.killpg(pgid, sig)
             except OSError:
                 pass
-        pids = tagged_pids(tag_prefix)
+        pids = list(tagged(tag_prefix))
         for pid in pids:
             try:
                 os.kill(pid, sig)

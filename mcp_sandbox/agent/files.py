@@ -19,8 +19,9 @@ import shutil
 import stat
 import tempfile
 from collections import OrderedDict, deque
-from typing import IO, Any, Deque, Dict, List, Optional, Tuple
+from typing import IO, Any, Callable, Deque, Dict, List, Optional, Tuple
 
+from .file_guards import VitalPaths, bounded_reader
 from .protocol import AgentError, Base64Text
 from .sessions import Sessions
 
@@ -81,6 +82,17 @@ def os_error(exc: OSError, path: str) -> AgentError:
     return AgentError("INTERNAL", "%s: %s" % (where, exc.strerror or exc))
 
 
+def read_error(exc: OSError, path: str) -> AgentError:
+    """An OSError while opening or reading a file: what special files do gets its own answer."""
+    if exc.errno in (errno.EAGAIN, errno.EIO, errno.ENXIO, errno.ENODEV, errno.EINVAL, errno.EOPNOTSUPP):
+        return AgentError(
+            "INVALID_ARGUMENT",
+            "%s cannot be read as a file (%s): it is a special file, such as a terminal, a device or "
+            "process memory; read it with exec if it can be read at all" % (path, exc.strerror or exc),
+        )
+    return os_error(exc, path)
+
+
 def decode_base64(text: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
@@ -98,8 +110,9 @@ class _Write:
 
 
 class Files:
-    def __init__(self, sessions: Sessions) -> None:
+    def __init__(self, sessions: Sessions, config: Dict[str, Any]) -> None:
         self._sessions = sessions
+        self._vital = VitalPaths(config["workspace"], config["state_dir"])
         self._umask = _umask()
         self._writes: Dict[str, _Write] = {}
         # Reads the host has not closed yet; the oldest is closed beyond OPEN_MAX (a host that died).
@@ -224,11 +237,12 @@ class Files:
 
     def _open_file(self, path: str) -> IO[bytes]:
         # Non-blocking, and checked before any read: a named pipe would block the agent, and a
-        # device may never end.
+        # device may never end. It stays non-blocking (no change for a regular file): a kernel file
+        # that waits for data (/proc/kmsg, trace_pipe) then fails instead of stopping the agent.
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
         except OSError as exc:
-            raise os_error(exc, path)
+            raise read_error(exc, path)
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             os.close(fd)
@@ -239,7 +253,6 @@ class Files:
                 "%s is not a regular file (a pipe, socket or device); read from it with exec, e.g. "
                 "head -c 4096 %s" % (path, path),
             )
-        os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
 
     def read(self, params: Dict[str, Any]) -> Dict[str, Any]:
@@ -254,13 +267,15 @@ class Files:
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise AgentError("INVALID_ARGUMENT", "%s must be a number of lines, 0 or more" % name)
         with self._open_file(path) as f:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(16)
-            mime = sniff_mime(path, head)
-            f.seek(0)
-            cap = IMAGE_MAX if mime in IMAGE_TYPES and offset is None and limit is None else READ_MAX
-            first_line = max(offset or 1, 1)
-            data, truncated, next_line = _read_lines(f, first_line, limit, cap)
+            try:
+                size = os.fstat(f.fileno()).st_size
+                head = os.pread(f.fileno(), 16, 0)
+                mime = sniff_mime(path, head)
+                cap = IMAGE_MAX if mime in IMAGE_TYPES and offset is None and limit is None else READ_MAX
+                first_line = max(offset or 1, 1)
+                data, truncated, next_line = _read_lines(bounded_reader(f, size, path), first_line, limit, cap)
+            except OSError as exc:
+                raise read_error(exc, path)
         text: Optional[str] = None
         if encoding in (None, "auto", "utf-8", "utf8"):
             text = _decode(data, final=not truncated or data.endswith(b"\n"))
@@ -291,7 +306,11 @@ class Files:
         while len(self._reads) > OPEN_MAX:
             self._reads.popitem(last=False)[1].close()
         size = os.fstat(f.fileno()).st_size
-        head = os.pread(f.fileno(), 16, 0)
+        try:
+            head = os.pread(f.fileno(), 16, 0)
+        except OSError as exc:
+            self.read_close({"handle": handle})
+            raise read_error(exc, path)
         return {"handle": handle, "path": path, "size": size, "mime_type": sniff_mime(path, head)}
 
     def read_chunk(self, params: Dict[str, Any]) -> Dict[str, Any]:
@@ -299,7 +318,10 @@ class Files:
         if f is None:
             raise AgentError("INVALID_ARGUMENT", "no open file with handle %r" % params.get("handle"))
         size = min(int(params.get("size") or CHUNK_MAX), CHUNK_MAX)
-        data = os.pread(f.fileno(), size, int(params.get("offset") or 0))
+        try:
+            data = os.pread(f.fileno(), size, int(params.get("offset") or 0))
+        except OSError as exc:
+            raise read_error(exc, "the open file %s" % params.get("handle"))
         return {"data": Base64Text(base64.b64encode(data).decode("ascii"))}
 
     def read_close(self, params: Dict[str, Any]) -> Dict[str, Any]:
@@ -348,6 +370,7 @@ class Files:
 
     async def delete(self, params: Dict[str, Any]) -> Dict[str, Any]:
         path = self.resolve(params)
+        self._vital.refuse(path, "delete")
         try:
             st = os.lstat(path)
         except OSError as exc:
@@ -376,6 +399,8 @@ class Files:
     async def move(self, params: Dict[str, Any]) -> Dict[str, Any]:
         source = self.resolve(params, "source")
         destination = self.resolve(params, "destination")
+        self._vital.refuse(source, "move")
+        self._vital.refuse(destination, "replace")
         try:
             os.lstat(source)
         except OSError as exc:
@@ -423,7 +448,9 @@ def _after_lines(data: bytes, count: int) -> Tuple[int, int]:
     return index, count
 
 
-def _read_lines(f: IO[bytes], first: int, limit: Optional[int], cap: int) -> Tuple[bytes, bool, Optional[int]]:
+def _read_lines(
+    read: Callable[[int], bytes], first: int, limit: Optional[int], cap: int
+) -> Tuple[bytes, bool, Optional[int]]:
     """Lines ``first`` (1-based) onwards: at most ``limit`` lines and ``cap`` bytes.
 
     Returns (data, cut by the cap, the line to continue from or None when nothing follows).
@@ -431,7 +458,7 @@ def _read_lines(f: IO[bytes], first: int, limit: Optional[int], cap: int) -> Tup
     line = 1
     rest = b""
     while line < first:
-        block = f.read(_BLOCK)
+        block = read(_BLOCK)
         if not block:
             return b"", False, None
         index, skipped = _after_lines(block, first - line)
@@ -439,7 +466,7 @@ def _read_lines(f: IO[bytes], first: int, limit: Optional[int], cap: int) -> Tup
         if line == first:
             rest = block[index:]
     want = cap + 1 - len(rest)
-    data = rest + f.read(want) if want > 0 else rest
+    data = rest + read(want) if want > 0 else rest
     more = len(data) > cap
     data = data[:cap]
     if limit is not None:

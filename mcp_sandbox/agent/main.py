@@ -76,7 +76,7 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
         if not loaded_files:
             from .files import Files
 
-            loaded_files.append(Files(sessions))
+            loaded_files.append(Files(sessions, config))
         return loaded_files[0]
 
     def contexts() -> "Contexts":

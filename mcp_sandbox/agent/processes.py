@@ -31,6 +31,7 @@ DEFAULT_WAIT = 30.0
 _BLOCK = 1 << 20
 # A "line" longer than this without a newline is searched as it is rather than buffered further.
 _MAX_LINE = 1 << 20
+_SIGNAL_NUMBER = re.compile(r"[0-9]{1,3}")
 
 
 class Process:
@@ -304,9 +305,10 @@ class Processes:
     async def kill_all(self, params: Dict[str, Any]) -> Dict[str, Any]:
         running = [p for p in self.processes.values() if p.running]
         await asyncio.gather(*(self._kill(p, signal.SIGTERM) for p in running))
-        # What finished processes left behind (daemons, `cmd &`) goes too.
+        # What finished processes left behind (daemons, `cmd &`) goes too, and so do the
+        # background jobs of exec commands.
         self._children.kill(None, "proc:", signal.SIGKILL)
-        return {"killed": len(running)}
+        return {"killed": len(running), "jobs_killed": self._sessions.kill_background_jobs()}
 
     def session_busy(self, session_id: str) -> bool:
         """A process the session started still runs (so the session is not idle)."""
@@ -359,9 +361,10 @@ def parse_signal(value: Any) -> int:
     """TERM, SIGTERM, term, 15 or "15" -> 15."""
     if value is None or value == "":
         return signal.SIGTERM
-    text = str(value).strip()
+    # Taken as given, in full: no stripping, so "TERM\n" is as wrong as any other name.
+    text = str(value)
     try:
-        if text.isdigit():
+        if _SIGNAL_NUMBER.fullmatch(text):
             number = int(text)
             if number in signal.valid_signals() and number != 0:
                 return number

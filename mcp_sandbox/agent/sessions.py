@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -32,12 +31,11 @@ from collections import deque
 from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Tuple
 
 from .capture import Capture
-from .children import Children
+from .names import env_problem, id_problem
+from .children import Children, spawn_error
 from .pipes import PipeReader, make_pipe
 from .protocol import AgentError, Request
 
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TIMEOUT_EXIT_CODE = 124
 # Ends a state file: sourcing stops at the return, and the agent reads the raw cwd after it.
 _CWD_MARKER = "\nbuiltin return 0\n#cwd:"
@@ -61,24 +59,17 @@ def sq(text: str) -> str:
 
 
 def check_id(kind: str, value: str) -> str:
-    if not ID_RE.match(value):
-        raise AgentError(
-            "INVALID_ARGUMENT",
-            "%s id %r is not valid; use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
-            % (kind, value),
-        )
+    problem = id_problem(kind, value)
+    if problem is not None:
+        raise AgentError("INVALID_ARGUMENT", problem)
     return value
 
 
 def check_env(env: Optional[Dict[str, Any]]) -> Dict[str, Optional[str]]:
-    result: Dict[str, Optional[str]] = {}
-    for name, value in (env or {}).items():
-        if not ENV_NAME_RE.match(name):
-            raise AgentError("INVALID_ARGUMENT", "%r is not a valid environment variable name" % name)
-        if value is not None and "\0" in value:
-            raise AgentError("INVALID_ARGUMENT", "the value of %s contains a NUL byte" % name)
-        result[name] = value
-    return result
+    problem = env_problem(env)
+    if problem is not None:
+        raise AgentError("INVALID_ARGUMENT", problem)
+    return dict(env or {})
 
 
 def env_lines(env: Dict[str, Optional[str]]) -> str:
@@ -368,7 +359,7 @@ class Sessions:
         self._drop_standby(session)
         if session.running is not None:
             session.running.cancel()
-        self._children.kill(None, "exec:%s:" % session_id)
+        self._children.kill_all_but("exec:%s:" % session_id, set())
         for hook in self.on_delete:
             await hook(session_id)
         shutil.rmtree(session.dir, ignore_errors=True)
@@ -438,10 +429,10 @@ class Sessions:
                 stdin_r, stdin_w = os.pipe()
             try:
                 standby = self._start_bash(session, stdin_r)
-            except OSError:
+            except OSError as exc:
                 if stdin_r is not None:
                     os.close(stdin_w)
-                raise
+                raise spawn_error(exc) from exc
             finally:
                 if stdin_r is not None:
                     os.close(stdin_r)
@@ -584,8 +575,16 @@ class Sessions:
                 if not any(check(session.id) for check in self.in_use):
                     await self.delete(session.id)
 
-    def kill_all(self) -> None:
-        self._children.kill(None, "exec:")
+    def kill_background_jobs(self) -> int:
+        """End what earlier commands left running (``cmd &``, daemons, a fork bomb) in every
+        session, but no command running now and no standby; how many processes that was."""
+        keep = set()
+        for session in self.sessions.values():
+            if session.running is not None:
+                keep.add("exec:%s:%d;" % (session.id, session.commands))
+            if session.standby is not None:
+                keep.add("exec:%s:%d;" % (session.id, session.standby.number))
+        return self._children.kill_all_but("exec:", keep)
 
 
 async def _progress(request: Request, captures: Dict[str, Capture]) -> None:

@@ -13,6 +13,7 @@ class SandboxSpec:
     sandbox_id: str
     env: dict[str, str] = field(default_factory=dict)
     network: bool = False
+    tenant: str = ""  # who it is for (tenants.py); "" for a warm spare, not yet anyone's
 
 
 @dataclass

@@ -47,6 +47,7 @@ LABEL_MANAGED = "mcp-sandbox.managed"
 LABEL_SERVER = "mcp-sandbox.server"
 LABEL_SANDBOX = "mcp-sandbox.sandbox"
 LABEL_CREATED = "mcp-sandbox.created"
+LABEL_TENANT = "mcp-sandbox.tenant"
 
 PROJECT_IMAGE = "mcp-sandbox:latest"
 FALLBACK_IMAGE = "python:3.12-slim"
@@ -448,7 +449,7 @@ class DockerBackend:
         agent_config = config.for_agent(spec.sandbox_id, WORKSPACE, spec.env, state_dir=STATE_DIR, inherit_env=True)
         network = spec.network and self.settings.network
         with anyio.CancelScope(shield=True):  # a cancel must not lose track of a created container
-            container_id = await anyio.to_thread.run_sync(self._create, spec.sandbox_id, image, agent_config, network)
+            container_id = await anyio.to_thread.run_sync(self._create, spec, image, agent_config, network)
         stream: ContainerStream | None = None
         try:
             sock = await anyio.to_thread.run_sync(self._attach_and_start, container_id)
@@ -464,7 +465,7 @@ class DockerBackend:
             raise
         return handle
 
-    def _create(self, sandbox_id: str, image: str, agent_config: dict[str, Any], network: bool) -> str:
+    def _create(self, spec: SandboxSpec, image: str, agent_config: dict[str, Any], network: bool) -> str:
         s = self.settings
         api = self.client.api
         host_config = api.create_host_config(
@@ -488,12 +489,14 @@ class DockerBackend:
                 tty=False,
                 working_dir=WORKSPACE,
                 hostname="sandbox",
-                name=f"mcp-sandbox-{sandbox_id}",
+                name=f"mcp-sandbox-{spec.sandbox_id}",
                 labels={
                     LABEL_MANAGED: "true",
                     LABEL_SERVER: server_instance(),
-                    LABEL_SANDBOX: sandbox_id,
+                    LABEL_SANDBOX: spec.sandbox_id,
                     LABEL_CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    # Empty for a warm spare: labels are fixed at creation (the log says whose it became).
+                    LABEL_TENANT: spec.tenant,
                 },
                 host_config=host_config,
             )

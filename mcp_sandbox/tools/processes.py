@@ -196,10 +196,16 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
     @tool_errors
     async def kill_all_processes(sandbox_id: SandboxId = None) -> Annotated[CallToolResult, ProcessesKilled]:
         """Stop every running background process of the sandbox (SIGTERM, then SIGKILL after 5 s),
-        with everything they started. Sessions and files are untouched."""
+        with everything they started, and every job an exec command left running in the
+        background (cmd &, a runaway loop or fork bomb). Commands running now, sessions and files
+        are untouched."""
         sandbox = await manager.get(sandbox_id)
         r = await sandbox.kill_all_processes()
-        return result(r, f"Killed {r.killed} running process{'es' if r.killed != 1 else ''}.")
+        return result(
+            r,
+            f"Killed {r.killed} running process{'es' if r.killed != 1 else ''} and {r.jobs_killed} "
+            f"background job process{'es' if r.jobs_killed != 1 else ''} left by exec commands.",
+        )
 
     @server.resource(
         "sandbox://{sandbox_id}/processes/{process_id}/{stream}",

@@ -76,6 +76,6 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
             raise SandboxError(
                 "SANDBOX_NOT_FOUND", "the default sandbox does not exist yet; there is nothing to destroy"
             )
-        target = sandbox_id if sandbox_id is not None else (await manager.get(None)).id
+        target = (await manager.get(sandbox_id)).id  # the caller's own, or SANDBOX_NOT_FOUND
         await manager.destroy(target)
         return result(Destroyed(sandbox_id=target), f"Destroyed sandbox {target}.")
