@@ -212,7 +212,7 @@ class Bubblewrap:
         if result.returncode == 0:
             return None
         said = (result.stderr.decode("utf-8", "replace").strip().splitlines() or ["no message"])[-1]
-        advice = userns_advice() if any(m in said for m in NAMESPACE_TROUBLE) else None
+        advice = userns_advice(said) if any(m in said for m in NAMESPACE_TROUBLE) else None
         if advice is not None:
             return f"bubblewrap cannot create a user namespace here ({said}): {advice}"
         return f"bubblewrap could not start a sandbox: {said}"
@@ -226,7 +226,7 @@ def _sysctl(name: str) -> str | None:
         return None
 
 
-def userns_advice() -> str | None:
+def userns_advice(said: str) -> str | None:
     """What to do on the hosts known to forbid unprivileged user namespaces, or None."""
     if _sysctl("kernel.apparmor_restrict_unprivileged_userns") == "1":
         return (
@@ -241,10 +241,12 @@ def userns_advice() -> str | None:
             "the kernel forbids unprivileged user namespaces (kernel.unprivileged_userns_clone=0); run "
             "'sudo sysctl -w kernel.unprivileged_userns_clone=1' and keep it in /etc/sysctl.d/"
         )
-    if _sysctl("user.max_user_namespaces") == "0":
+    limit = _sysctl("user.max_user_namespaces")
+    if limit == "0" or "ENOSPC" in said or "No space left" in said:
         return (
-            "user namespaces are switched off (user.max_user_namespaces=0); run "
-            "'sudo sysctl -w user.max_user_namespaces=15000' and keep it in /etc/sysctl.d/"
+            f"user namespaces are switched off or used up (user.max_user_namespaces={limit}, or a sandbox "
+            "around mcp-sandbox forbids nesting them); run 'sudo sysctl -w user.max_user_namespaces=15000' "
+            "and keep it in /etc/sysctl.d/, or run mcp-sandbox outside that sandbox"
         )
     if os.path.exists("/.dockerenv") or os.path.exists("/run/.containerenv"):
         return (
