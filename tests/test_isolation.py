@@ -180,6 +180,17 @@ async def test_seccomp_refuses_namespaces_keyrings_and_io_uring(mcp: Tools) -> N
     assert lines == [f"{name} -1 Operation not permitted" for name in SYSCALLS] + ["fork 0"]
 
 
+def test_seccomp_filter_builds_for_both_architectures() -> None:
+    """aarch64 cannot run here: its program must at least assemble (jumps of classic BPF are short)."""
+    from mcp_sandbox.backends import seccomp
+
+    for machine in ("x86_64", "aarch64"):
+        program = seccomp.build(machine, "6.1.0")
+        assert program is not None and len(program) % 8 == 0
+        assert len(seccomp.build(machine, "4.4.0") or b"") > len(program)  # ptrace refused before 4.8
+    assert seccomp.build("riscv64", "6.1.0") is None
+
+
 async def test_python_node_git_venv_and_matplotlib_work(mcp: Tools) -> None:
     r = await mcp.sh(
         "set -e; python3 -m venv venv && venv/bin/pip --version >/dev/null && echo venv ok; "

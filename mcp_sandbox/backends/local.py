@@ -6,6 +6,7 @@ bubblewrap the sandbox sees only an allow-list of the host (bwrap.py), runs as a
 user when the server is root (``--sandbox-user``), has no network unless allowed, and everything
 in it dies with the server (``--die-with-parent`` and a pid namespace).
 """
+
 from __future__ import annotations
 
 import json
