@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any, get_args
+from typing import Any, get_args, get_origin
 
 import anyio
 from pydantic import ValidationError
@@ -31,6 +31,16 @@ def env_name(field: str) -> str:
     return "MCP_SANDBOX_" + field.upper()
 
 
+def _extra(name: str) -> dict[str, Any]:
+    extra = Settings.model_fields[name].json_schema_extra
+    return extra if isinstance(extra, dict) else {}
+
+
+def flag_name(name: str) -> str:
+    """The option of a settings field; a list field names its flag in the singular (``--mount``)."""
+    return str(_extra(name).get("flag") or "--" + name.replace("_", "-"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mcp-sandbox",
@@ -42,10 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mcp-sandbox {__version__}")
     for name, field in Settings.model_fields.items():
-        flag = "--" + name.replace("_", "-")
+        flag = flag_name(name)
         help_text = f"{field.description} [env {env_name(name)}]"
         if field.annotation is bool:
             parser.add_argument(flag, dest=name, action="store_true", default=None, help=help_text)
+            continue
+        if get_origin(field.annotation) is list:
+            parser.add_argument(flag, dest=name, action="append", default=None, help=help_text)
             continue
         choices = get_args(field.annotation) if "Literal" in str(field.annotation) else None
         default = field.get_default(call_default_factory=True)
@@ -62,14 +75,19 @@ def load_settings(argv: list[str] | None = None) -> Settings:
     for name, field in Settings.model_fields.items():
         raw = os.environ.get(env_name(name))
         if raw is not None and raw != "":
-            values[name] = raw.lower() in _TRUE if field.annotation is bool else raw
+            if field.annotation is bool:
+                values[name] = raw.lower() in _TRUE
+            elif get_origin(field.annotation) is list:
+                values[name] = [i.strip() for i in raw.split(_extra(name).get("separator", ",")) if i.strip()]
+            else:
+                values[name] = raw
         given = getattr(args, name)
         if given is not None:
             values[name] = given
     try:
         return Settings(**values)
     except ValidationError as exc:
-        problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{flag_name(str(e['loc'][0]))}: {e['msg']}" for e in exc.errors())
         build_parser().error(problems)
         raise  # unreachable: error() exits
 

@@ -6,7 +6,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+from .mounts import Mount, parse_mount
 
 
 def default_workspace_root() -> Path:
@@ -31,6 +33,17 @@ class Settings(BaseModel):
     )
     workspace_root: Path = Field(
         default_factory=default_workspace_root, description="Local backend: where sandbox directories are made."
+    )
+    sandbox_user: str = Field(
+        "nobody",
+        description="Local backend, when the server runs as root: the unprivileged host user sandboxes run "
+        "as (USER or UID, optionally :GROUP or :GID; never root). Without root, sandboxes run as the server's user.",
+    )
+    mounts: list[Mount] = Field(
+        default_factory=list,
+        description="A host directory in every sandbox, HOST:SANDBOX[:ro|rw] (read-only unless rw); repeatable; "
+        "in the environment separated by ';'. Local (bubblewrap) and a local Docker engine.",
+        json_schema_extra={"flag": "--mount", "separator": ";"},
     )
     network: bool = Field(False, description="Allow sandboxes network access (off by default).")
     memory: str = Field("2g", description="Docker: memory limit per sandbox.")
@@ -60,3 +73,10 @@ class Settings(BaseModel):
         "lists only the sandboxes it created.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field("INFO", description="Log level.")
+
+    @field_validator("mounts", mode="before")
+    @classmethod
+    def _parse_mounts(cls, value: object) -> object:
+        if isinstance(value, list):
+            return [parse_mount(v) if isinstance(v, str) else v for v in value]
+        return value

@@ -128,12 +128,13 @@ async def test_sigkill_leaves_no_process_and_next_start_removes_directories(isol
 
 
 async def test_help_documents_every_option() -> None:
+    from mcp_sandbox.cli import flag_name
     from mcp_sandbox.settings import Settings
 
     result = await anyio.run_process([COMMAND, "--help"])
     text = result.stdout.decode()
     for name in Settings.model_fields:
-        assert "--" + name.replace("_", "-") in text
+        assert flag_name(name) in text
         assert "MCP_SANDBOX_" + name.upper() in text
 
 

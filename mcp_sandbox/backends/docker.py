@@ -37,6 +37,7 @@ from anyio.abc import ByteStream, SocketStream
 
 from .. import agent
 from ..errors import SandboxError
+from ..mounts import check_mounts
 from ..settings import Settings
 from .base import AgentConfig, SandboxSpec
 from .local import process_start_time
@@ -382,6 +383,15 @@ class DockerBackend:
 
     def __init__(self, settings: Settings, client: Any | None = None) -> None:
         self.settings = settings
+        if settings.mounts:
+            check_mounts(settings.mounts)
+            if not engine_address().startswith("unix://"):
+                raise SandboxError(
+                    "INVALID_ARGUMENT",
+                    f"--mount binds directories of this machine, but the Docker engine at {engine_address()} "
+                    "may run elsewhere, where they are not; use a local engine (a unix socket) or copy files "
+                    "in with write_file",
+                )
         self.client = client if client is not None else connect()
         self.isolation = "gvisor" if settings.runtime == "runsc" else "docker"
         self._image: str | None = None
@@ -480,6 +490,7 @@ class DockerBackend:
             memswap_limit=s.memory,  # no swap on top of the memory limit
             nano_cpus=int(s.cpus * 1e9),
             runtime=s.runtime,
+            binds=[str(m) for m in s.mounts],  # HOST:SANDBOX:ro|rw, as Docker writes them
         )
         try:
             container = api.create_container(

@@ -1,14 +1,14 @@
 """The local backend: the agent as a host process, isolated with bubblewrap when available.
 
 Each sandbox is a directory ``<workspace root>/<sandbox id>`` holding ``workspace`` (bound at
-``/workspace``) and ``tmp`` (bound at ``/tmp``, private to the sandbox). Under bubblewrap the rest
-of the host is read-only, other sandboxes' directories are hidden, the network is unshared unless
-allowed, and everything dies with the server (``--die-with-parent`` and a pid namespace).
+``/workspace``), ``tmp`` and ``var-tmp`` (``/tmp`` and ``/var/tmp``, private to the sandbox). Under
+bubblewrap the sandbox sees only an allow-list of the host (bwrap.py), runs as an unprivileged
+user when the server is root (``--sandbox-user``), has no network unless allowed, and everything
+in it dies with the server (``--die-with-parent`` and a pid namespace).
 """
 
 from __future__ import annotations
 
-import getpass
 import json
 import logging
 import os
@@ -26,8 +26,11 @@ from anyio.abc import ByteReceiveStream, ByteSendStream, Process
 
 from .. import agent
 from ..errors import SandboxError
+from ..mounts import check_mounts
 from ..settings import Settings
+from . import bwrap
 from .base import AgentConfig, SandboxSpec
+from .hostuser import current_user, resolve_user
 
 logger = logging.getLogger(__name__)
 
@@ -35,22 +38,14 @@ SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 AGENT_DIR = str(Path(agent.__file__).resolve().parent.parent)
 # The agent needs only the standard library, so the real interpreter behind a virtualenv does.
 AGENT_PYTHON = os.path.realpath(sys.executable)
+# What a bubblewrap sandbox shows read-only where it is on the host: the agent's package and its
+# interpreter (which may live anywhere, even under /root/.pyenv).
+AGENT_HOST_PATHS = bwrap.outside_system(
+    [str(Path(agent.__file__).resolve().parent), sys.base_prefix, sys.base_exec_prefix, os.path.dirname(AGENT_PYTHON)]
+)
+# A sandbox that can import the agent can run it: what --isolation bwrap is checked with at start.
+PROBE = (AGENT_PYTHON, "-I", "-S", "-c", "import sys; sys.path.insert(0, sys.argv[1]); import agent.main", AGENT_DIR)
 OWNER_FILE = "owner.json"
-_bwrap_usable: bool | None = None
-
-
-def bwrap_usable() -> bool:
-    """bubblewrap is installed and can make namespaces here (it cannot in some containers)."""
-    global _bwrap_usable
-    if _bwrap_usable is None:
-        exe = shutil.which("bwrap")
-        _bwrap_usable = exe is not None and (
-            subprocess.run(
-                [exe, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "true"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10,
-            ).returncode == 0
-        )
-    return _bwrap_usable
 
 
 def process_start_time(pid: int) -> str | None:
@@ -115,31 +110,42 @@ class LocalBackend:
     def __init__(self, settings: Settings) -> None:
         self.root = settings.workspace_root.expanduser().resolve()
         self.allow_network = settings.network
-        if settings.isolation == "none":
-            self.isolation = "none"
-        elif bwrap_usable():
-            self.isolation = "bwrap"
-        elif settings.isolation == "bwrap":
-            raise SandboxError(
-                "BACKEND_UNAVAILABLE",
-                "bubblewrap is not installed or cannot create namespaces here; install it "
-                "(apt-get install bubblewrap) or start with --isolation none",
-            )
-        else:
-            self.isolation = "none"
+        check_mounts(settings.mounts)
+        # The host user sandboxes run as: never root under bubblewrap.
+        self.user = resolve_user(settings.sandbox_user) if os.geteuid() == 0 else current_user()
+        if os.geteuid() != 0 and "sandbox_user" in settings.model_fields_set:
+            logger.warning("--sandbox-user applies only to a server running as root; sandboxes run as %s", self.user.name)
+        self.bwrap = bwrap.Bubblewrap(
+            self.user.uid, self.user.gid, self.root, tuple(settings.mounts), AGENT_HOST_PATHS
+        )
+        problem = None if settings.isolation == "none" else self.bwrap.problem(PROBE)
+        self.isolation = "bwrap" if settings.isolation != "none" and problem is None else "none"
+        if settings.isolation == "bwrap" and problem is not None:
+            raise SandboxError("BACKEND_UNAVAILABLE", f"{problem}; or start with --isolation none")
         if self.isolation == "none":
+            if settings.mounts:
+                raise SandboxError(
+                    "INVALID_ARGUMENT",
+                    "--mount needs bubblewrap isolation (or the docker backend): without isolation a sandbox "
+                    "sees the host's files at their own paths" + (f"; bubblewrap: {problem}" if problem else ""),
+                )
+            # Without isolation there is nothing to hide paths from another user, so commands run
+            # as the server's own user, root included (README: "Security model").
+            self.user = current_user()
             logger.warning(
                 "local backend without isolation: commands run unisolated on this host as %s, with its "
-                "network and files; install bubblewrap for isolation", getpass.getuser()
+                "network and files%s", self.user.name,
+                f"; bubblewrap cannot be used: {problem}" if problem else "; install bubblewrap for isolation",
             )
+        self.uid, self.gid = self.user.uid, self.user.gid
 
     def resource_limits(self) -> dict[str, Any]:
         return {}  # no memory, CPU or process limit of its own (README, "Security model")
 
     async def start(self, spec: SandboxSpec, config: AgentConfig) -> LocalAgent:
         directory = self.root / spec.sandbox_id
-        (directory / "workspace").mkdir(parents=True)
-        (directory / "tmp").mkdir()
+        directory.mkdir(parents=True)
+        bwrap.make_own_dirs(directory, self.uid, self.gid)
         (directory / OWNER_FILE).write_text(
             json.dumps({"pid": os.getpid(), "start_time": process_start_time(os.getpid())})
         )
@@ -151,8 +157,8 @@ class LocalBackend:
             "PATH": SANDBOX_PATH,
             "HOME": workspace,
             "LANG": "C.UTF-8",
-            "USER": getpass.getuser(),
-            "LOGNAME": getpass.getuser(),
+            "USER": self.user.name,
+            "LOGNAME": self.user.name,
             "SHELL": "/bin/bash",
             "TMPDIR": tmp,
         }
@@ -161,47 +167,22 @@ class LocalBackend:
             spec.sandbox_id, workspace, env, state_dir=os.path.join(tmp, ".mcp-sandbox")
         )
         command = [AGENT_PYTHON, "-I", "-S", "-c", agent.BOOTSTRAP, AGENT_DIR, json.dumps(agent_config)]
+        seccomp = None
         if self.isolation == "bwrap":
-            command = self._bwrap_args(directory, spec.network and self.allow_network) + ["--"] + command
+            seccomp = bwrap.seccomp_fd()
+            command = self.bwrap.command(directory, command, network=spec.network and self.allow_network, seccomp=seccomp)
         try:
             process = await anyio.open_process(
                 command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, start_new_session=True,
-                env={"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"},
+                env={"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"}, pass_fds=() if seccomp is None else (seccomp,),
             )
         except OSError as exc:
             await anyio.to_thread.run_sync(remove_tree, directory)
             raise SandboxError("BACKEND_UNAVAILABLE", f"could not start the sandbox agent: {exc}") from exc
+        finally:
+            if seccomp is not None:
+                os.close(seccomp)
         return LocalAgent(process, directory, self.isolation, workspace)
-
-    def _bwrap_args(self, directory: Path, network: bool) -> list[str]:
-        args = ["bwrap"]
-        # Bind the host's top-level entries one by one (not / itself) so that /workspace can be a
-        # new mount point without touching the host's root directory.
-        for entry in sorted(os.listdir("/")):
-            path = "/" + entry
-            if entry in ("proc", "dev", "tmp", "workspace"):
-                continue
-            if os.path.islink(path):
-                args += ["--symlink", os.readlink(path), path]
-            else:
-                args += ["--ro-bind", path, path]
-        args += ["--dev", "/dev", "--proc", "/proc"]
-        if self.root.exists():
-            args += ["--tmpfs", str(self.root)]  # other sandboxes stay out of sight
-        args += [
-            "--bind", str(directory / "workspace"), "/workspace",
-            "--bind", str(directory / "tmp"), "/tmp",
-            "--unshare-all", "--hostname", "sandbox", "--die-with-parent", "--new-session",
-            "--cap-drop", "ALL", "--chdir", "/workspace",
-        ]
-        # The sandbox's own /tmp and the hidden workspace root would hide the agent's code or
-        # interpreter if they live there (a checkout in /tmp): show those read-only where they are.
-        for needed in (AGENT_DIR, str(Path(AGENT_PYTHON).parent.parent)):
-            if Path(needed).is_relative_to("/tmp") or Path(needed).is_relative_to(self.root):
-                args += ["--ro-bind", needed, needed]
-        if network:
-            args.append("--share-net")
-        return args
 
     async def reap_orphans(self) -> None:
         """Remove sandbox directories whose server is no longer running."""
