@@ -74,6 +74,9 @@ class Sandbox:
         self.created_at = time.time()
         self.last_used_at = self.created_at
         self.active_calls = 0
+        # Why everything running was last stopped by the host (a limit), and how often.
+        self.stopped_for: str | None = None
+        self._stops = 0
 
     @property
     def isolation(self) -> str:
@@ -92,6 +95,21 @@ class Sandbox:
             self.active_calls -= 1
             self.last_used_at = time.time()
 
+    async def stop_all(self, reason: str) -> None:
+        """Kill everything running in the sandbox; the commands that were running fail with
+        ``LIMIT_REACHED: reason``."""
+        self.stopped_for = reason
+        self._stops += 1
+        await self.channel.request("stop_all", {})
+
+    async def _stoppable(self, method: str, params: dict[str, Any], notify: Any) -> Any:
+        """A call that the host's stop_all turns into LIMIT_REACHED if it ran meanwhile."""
+        stops = self._stops
+        result = await self.call(method, params, notify)
+        if self._stops != stops:
+            raise SandboxError("LIMIT_REACHED", self.stopped_for or "the sandbox was stopped")
+        return result
+
     async def exec(
         self,
         command: str,
@@ -107,7 +125,7 @@ class Sandbox:
             if on_output is not None and method == "output":
                 await on_output(params["stream"], params["data"], params["total"])
 
-        result = await self.call(
+        result = await self._stoppable(
             "exec",
             {
                 "command": command, "session_id": session_id, "timeout": timeout, "cwd": cwd, "env": env,
@@ -203,6 +221,7 @@ class Sandbox:
 
     async def write_file(self, path: str, data: Bytes | str, *, session_id: str | None = None) -> FileWritten:
         """Write a whole file (str as UTF-8), atomically; big data moves in chunks."""
+        await self._check_disk()
         if isinstance(data, str):
             data = data.encode("utf-8", "replace")
         view = memoryview(data).cast("B")
@@ -222,6 +241,7 @@ class Sandbox:
     ) -> FileWritten:
         """Write a file from a stream of byte chunks (of any size), atomically: the file appears
         whole at the end, or not at all if the stream fails."""
+        await self._check_disk()
         opened = await self.call("file_write_open", {"path": path, "session_id": session_id})
         handle = opened["handle"]
         committed = False
@@ -251,6 +271,12 @@ class Sandbox:
         finally:
             if not committed:
                 await self._close_quietly("file_write_close", {"handle": handle, "commit": False})
+
+    async def _check_disk(self) -> None:
+        """Refuse to write while the sandbox is over its disk budget (measured again first)."""
+        disk = self.handle.disk
+        if disk is not None and disk.over is not None and await disk.measure() > disk.budget:
+            raise SandboxError("LIMIT_REACHED", disk.message())
 
     async def read_file(
         self,
@@ -404,7 +430,7 @@ class Sandbox:
             if on_output is not None and method == "output":
                 await on_output(params["stream"], params["data"], params["total"])
 
-        result = await self.call(
+        result = await self._stoppable(
             "run_code",
             {
                 "code": code, "context_id": context_id, "language": language, "timeout": timeout,

@@ -6,7 +6,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+from .sizes import parse_size
 
 
 def default_workspace_root() -> Path:
@@ -33,9 +35,16 @@ class Settings(BaseModel):
         default_factory=default_workspace_root, description="Local backend: where sandbox directories are made."
     )
     network: bool = Field(False, description="Allow sandboxes network access (off by default).")
-    memory: str = Field("2g", description="Docker: memory limit per sandbox.")
-    cpus: float = Field(1.0, gt=0, description="Docker: CPU limit per sandbox.")
-    pids_limit: int = Field(512, gt=0, description="Docker: process limit per sandbox.")
+    memory: str = Field(
+        "2g", description="Memory limit per sandbox (Docker; local sandboxes through cgroups where the host has them)."
+    )
+    cpus: float = Field(1.0, gt=0, description="CPU limit per sandbox (Docker; local sandboxes through cgroups).")
+    pids_limit: int = Field(
+        512, gt=0, description="Process limit per sandbox (Docker; local sandboxes through cgroups)."
+    )
+    disk: str = Field(
+        "10g", description="Local backend: disk budget per sandbox, for its workspace and temporary directories."
+    )
     runtime: str | None = Field(None, description="Docker: container runtime (e.g. runsc for gVisor).")
     command_timeout: float = Field(120.0, gt=0, description="Default exec timeout in seconds.")
     max_output: int = Field(30_000, ge=100, description="Characters of each output stream returned by a tool.")
@@ -55,3 +64,9 @@ class Settings(BaseModel):
     default_sandbox: bool = Field(False, description="HTTP: give calls without sandbox_id a default sandbox.")
     auth_token: str | None = Field(None, description="HTTP: bearer token required on every request.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field("INFO", description="Log level.")
+
+    @field_validator("memory", "disk")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        parse_size(value)
+        return value

@@ -7,6 +7,8 @@ from typing import Any, Protocol
 
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
+from ..disk import DiskBudget
+
 
 @dataclass
 class SandboxSpec:
@@ -54,6 +56,11 @@ class AgentHandle(Protocol):
     @property
     def workspace(self) -> str: ...
 
+    @property
+    def disk(self) -> DiskBudget | None:
+        """The sandbox's disk budget, where the server keeps it."""
+        ...
+
     async def destroy(self) -> None:
         """Kill everything in the sandbox and remove it; safe to call twice."""
         ...
@@ -61,6 +68,8 @@ class AgentHandle(Protocol):
 
 class Backend(Protocol):
     name: str
+    # Which of the limits (memory, cpus, pids, disk) hold for this backend on this host.
+    enforced: dict[str, bool]
 
     async def start(self, spec: SandboxSpec, config: AgentConfig) -> AgentHandle: ...
 
