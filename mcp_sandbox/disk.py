@@ -39,7 +39,10 @@ SLACK = 1 << 20
 def usage(top: Path) -> int:
     """Bytes allocated under ``top``, like ``du -s``. Directories made unreadable are opened up
     while they are measured (the server's user owns them when it is the sandbox's user)."""
-    device = os.lstat(top).st_dev
+    try:
+        device = os.lstat(top).st_dev
+    except FileNotFoundError:
+        return 0  # the sandbox was destroyed meanwhile
     seen: set[tuple[int, int]] = set()
     opened: list[tuple[str, int]] = []
     total = 0
@@ -118,7 +121,14 @@ class DiskBudget:
 
     async def watch(self, stop: Callable[[str], Awaitable[None]]) -> None:
         """Measure now and then, and call ``stop`` with the message when the sandbox is over its
-        budget and grew since it was last stopped. Runs until cancelled."""
+        budget and grew since it was last stopped. Runs until cancelled, or the sandbox's directory
+        is gone."""
+        try:
+            await self._watch(stop)
+        except FileNotFoundError:
+            return
+
+    async def _watch(self, stop: Callable[[str], Awaitable[None]]) -> None:
         while True:
             started = time.monotonic()
             baseline = await anyio.to_thread.run_sync(filesystem_used, self.directory)
@@ -131,6 +141,7 @@ class DiskBudget:
             while time.monotonic() < deadline:
                 await anyio.sleep(POLL)
                 growth = filesystem_used(self.directory) - baseline
-                # (not sooner than twice a measure's time after the last: never measuring nonstop)
-                if self.used + growth > max(self.budget, self._stopped_at + SLACK) and time.monotonic() > started + 2 * took:
+                # (but not sooner than twice a measure's time after the last: never measuring nonstop)
+                limit = max(self.budget, self._stopped_at + SLACK)
+                if self.used + growth > limit and time.monotonic() > started + 2 * took:
                     break

@@ -49,11 +49,13 @@ class Children:
         # Children are born more likely than the agent to be chosen by the OOM killer when the
         # sandbox runs out of memory: the agent raises its own score around each fork (a process
         # may lower it again to where it was), and its children inherit the raised one.
+        self._oom_fd: Optional[int] = None
+        self._oom_own = b"0"
         try:
-            self._oom_fd: Optional[int] = os.open("/proc/self/oom_score_adj", os.O_RDWR | os.O_CLOEXEC)
+            self._oom_fd = os.open("/proc/self/oom_score_adj", os.O_RDWR | os.O_CLOEXEC)
             self._oom_own = os.read(self._oom_fd, 16).strip() or b"0"
         except OSError:
-            self._oom_fd = None
+            pass
         # pid -> its Popen, the future of its exit code, and its job's cgroup (if any)
         self._waiting: Dict[int, Tuple["subprocess.Popen[bytes]", "asyncio.Future[int]", Optional[str]]] = {}
 

@@ -44,9 +44,6 @@ def main() -> None:
     os.close(devnull)
     # Without a pid namespace nothing else ends the sandbox when the server dies.
     prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    # Not dumpable: the sandbox's processes, which run as the same user, can neither trace the
-    # agent nor open its descriptors (the job cgroups') through /proc.
-    prctl(_PR_SET_DUMPABLE, 0)
     apply_rlimits(config.get("rlimits") or {})
     # A handler, not SIG_IGN: an ignored signal stays ignored in every child after exec, and then
     # neither kill_process's INT nor a command's own trap on INT would work.
@@ -80,6 +77,10 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
     if cgroup is not None:
         os.set_inheritable(cgroup["fd"], False)  # for the agent alone
     children = Children(config["sandbox_id"], Jobs(cgroup["fd"], cgroup["v2"]) if cgroup is not None else None)
+    # Not dumpable: the sandbox's processes, which run as the same user, can neither trace the
+    # agent nor open its descriptors (the job cgroups') through /proc. After Children has opened
+    # its /proc/self files: they belong to root from now on.
+    prctl(_PR_SET_DUMPABLE, 0)
     children.install(loop)
     sessions = Sessions(children, config)
     processes = Processes(children, sessions, config)

@@ -304,7 +304,7 @@ def _systemd_scope(mount: Path, owner: str) -> tuple[Path, subprocess.Popen[byte
     try:
         placeholder = subprocess.Popen(
             ["systemd-run", "--user", "--scope", "--quiet", "--collect", "-p", "Delegate=yes",
-             f"--unit=mcp-sandbox-{owner}", "--", "/bin/sh", "-c", "cat /proc/self/cgroup && read -r _"],
+             f"--unit=mcp-sandbox-{owner}", "--", "/bin/sh", "-c", "grep ^0:: /proc/self/cgroup && read -r _"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )
     except OSError:
