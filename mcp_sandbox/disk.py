@@ -26,6 +26,7 @@ from pathlib import Path
 
 import anyio
 
+from .errors import SandboxError
 from .sizes import format_size
 
 POLL = 0.25
@@ -118,6 +119,11 @@ class DiskBudget:
         else:
             self.over = self.message()
         return self.used
+
+    async def check_room(self) -> None:
+        """LIMIT_REACHED while the sandbox is over its budget (measured again first)."""
+        if self.over is not None and await self.measure() > self.budget:
+            raise SandboxError("LIMIT_REACHED", self.message())
 
     async def watch(self, stop: Callable[[str], Awaitable[None]]) -> None:
         """Measure now and then, and call ``stop`` with the message when the sandbox is over its

@@ -221,7 +221,8 @@ class Sandbox:
 
     async def write_file(self, path: str, data: Bytes | str, *, session_id: str | None = None) -> FileWritten:
         """Write a whole file (str as UTF-8), atomically; big data moves in chunks."""
-        await self._check_disk()
+        if self.handle.disk is not None:
+            await self.handle.disk.check_room()
         if isinstance(data, str):
             data = data.encode("utf-8", "replace")
         view = memoryview(data).cast("B")
@@ -241,7 +242,8 @@ class Sandbox:
     ) -> FileWritten:
         """Write a file from a stream of byte chunks (of any size), atomically: the file appears
         whole at the end, or not at all if the stream fails."""
-        await self._check_disk()
+        if self.handle.disk is not None:
+            await self.handle.disk.check_room()
         opened = await self.call("file_write_open", {"path": path, "session_id": session_id})
         handle = opened["handle"]
         committed = False
@@ -271,12 +273,6 @@ class Sandbox:
         finally:
             if not committed:
                 await self._close_quietly("file_write_close", {"handle": handle, "commit": False})
-
-    async def _check_disk(self) -> None:
-        """Refuse to write while the sandbox is over its disk budget (measured again first)."""
-        disk = self.handle.disk
-        if disk is not None and disk.over is not None and await disk.measure() > disk.budget:
-            raise SandboxError("LIMIT_REACHED", disk.message())
 
     async def read_file(
         self,

@@ -220,14 +220,16 @@ class LocalBackend:
         env.update(spec.env)
         # The sandbox's user: LocalBackend.uid/gid once sandboxes run as --sandbox-user.
         uid, gid = os.getuid(), os.getgid()
-        cgroup = None
+        cgroup = jobs_fd = None
         if self.cgroups is not None:
             try:
                 cgroup = self.cgroups.create(spec.sandbox_id, self.limits, uid, gid)
+                jobs_fd = cgroup.open_jobs()
             except OSError as exc:
+                if cgroup is not None:
+                    await anyio.to_thread.run_sync(cgroup.remove)
                 await anyio.to_thread.run_sync(remove_tree, directory)
                 raise SandboxError("BACKEND_UNAVAILABLE", f"could not make the sandbox's cgroup: {exc}") from exc
-        jobs_fd = cgroup.open_jobs() if cgroup is not None else None
         pass_fds = [] if jobs_fd is None else [jobs_fd]
         extra: dict[str, Any] = {"rlimits": self._rlimits(uid)}
         if jobs_fd is not None and cgroup is not None and cgroup.jobs is not None:
