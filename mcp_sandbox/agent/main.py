@@ -57,7 +57,11 @@ def apply_rlimits(limits: Dict[str, int]) -> None:
     import resource
 
     for name, value in limits.items():
-        resource.setrlimit(getattr(resource, "RLIMIT_" + name), (value, value))
+        which = getattr(resource, "RLIMIT_" + name)
+        hard = resource.getrlimit(which)[1]
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)  # a lower limit the agent was started with stays
+        resource.setrlimit(which, (value, value))
 
 
 def simple(fn: Callable[[Dict[str, Any]], Any]) -> Handler:
