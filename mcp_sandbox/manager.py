@@ -7,6 +7,7 @@ group so nothing is left behind.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import time
@@ -188,7 +189,11 @@ class SandboxManager:
         )
 
     async def _watch(self, sandbox: Sandbox) -> None:
-        await sandbox.channel.run()
+        async with anyio.create_task_group() as tg:
+            if sandbox.handle.disk is not None:
+                tg.start_soon(sandbox.handle.disk.watch, functools.partial(self._over_limit, sandbox))
+            await sandbox.channel.run()
+            tg.cancel_scope.cancel()
         if self.sandboxes.get(sandbox.id) is sandbox:
             logger.warning("sandbox %s of tenant %s stopped unexpectedly; removing it", sandbox.id, sandbox.tenant)
             await self.destroy(sandbox.id)
@@ -196,6 +201,16 @@ class SandboxManager:
             logger.warning("warm sandbox %s stopped unexpectedly; removing it", sandbox.id)
             self._spares.remove(sandbox)
             await self._remove(sandbox)
+
+    async def _over_limit(self, sandbox: Sandbox, reason: str) -> None:
+        """Stop everything in a sandbox over a limit; one that does not stop is destroyed."""
+        logger.warning("sandbox %s: %s", sandbox.id, reason)
+        try:
+            with anyio.fail_after(10):
+                await sandbox.stop_all(reason)
+        except (SandboxError, TimeoutError):
+            logger.warning("sandbox %s did not stop; destroying it", sandbox.id)
+            await self._discard(sandbox)
 
     async def _expire_idle(self) -> None:
         """Destroy sandboxes that saw no tool call for --idle-timeout (a running call is use)."""
@@ -303,7 +318,6 @@ class SandboxManager:
         its backend enforces."""
         s = self.settings
         return {
-            **self.backend.resource_limits(),
             "command_timeout": s.command_timeout,
             "max_output": s.max_output,
             "idle_timeout": s.idle_timeout,
@@ -311,4 +325,9 @@ class SandboxManager:
             "max_sessions": s.max_sessions,
             "max_processes": s.max_processes,
             "max_code_contexts": s.max_code_contexts,
+            "memory": s.memory,
+            "cpus": s.cpus,
+            "pids_limit": s.pids_limit,
+            "disk": s.disk,
+            "enforced": self.backend.enforced,
         }

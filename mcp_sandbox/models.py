@@ -8,6 +8,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 
+class Enforced(BaseModel):
+    memory: bool
+    cpus: bool
+    pids: bool
+    disk: bool
+
+
 class Limits(BaseModel):
     command_timeout: float = Field(description="Default exec and run_code timeout, seconds.")
     max_output: int = Field(description="Characters of each output stream returned.")
@@ -16,9 +23,11 @@ class Limits(BaseModel):
     max_sessions: int = Field(description="Most shell sessions in this sandbox.")
     max_processes: int = Field(description="Most background processes running at once in this sandbox.")
     max_code_contexts: int = Field(description="Most code contexts in this sandbox.")
-    memory: str | None = Field(None, description="Memory limit (docker).")
-    cpus: float | None = Field(None, description="CPU limit (docker).")
-    pids_limit: int | None = Field(None, description="Process limit (docker).")
+    memory: str | None = Field(None, description="Memory limit of the whole sandbox.")
+    cpus: float | None = Field(None, description="CPUs the sandbox may use at once.")
+    pids_limit: int | None = Field(None, description="Most processes alive at once in the sandbox.")
+    disk: str | None = Field(None, description="Disk budget of the workspace and temporary directories.")
+    enforced: Enforced | None = Field(None, description="Which of memory, cpus, pids and disk hold on this host.")
 
 
 class SandboxCreated(BaseModel):

@@ -76,6 +76,9 @@ class Sandbox:
         self.created_at = time.time()
         self.last_used_at = self.created_at
         self.active_calls = 0
+        # Why everything running was last stopped by the host (a limit), and how often.
+        self.stopped_for: str | None = None
+        self._stops = 0
 
     @property
     def isolation(self) -> str:
@@ -97,6 +100,21 @@ class Sandbox:
             self.active_calls -= 1
             self.last_used_at = time.time()
 
+    async def stop_all(self, reason: str) -> None:
+        """Kill everything running in the sandbox; the commands that were running fail with
+        ``LIMIT_REACHED: reason``."""
+        self.stopped_for = reason
+        self._stops += 1
+        await self.channel.request("stop_all", {})
+
+    async def _stoppable(self, method: str, params: dict[str, Any], notify: Any) -> Any:
+        """A call that the host's stop_all turns into LIMIT_REACHED if it ran meanwhile."""
+        stops = self._stops
+        result = await self.call(method, params, notify)
+        if self._stops != stops:
+            raise SandboxError("LIMIT_REACHED", self.stopped_for or "the sandbox was stopped")
+        return result
+
     async def exec(
         self,
         command: str,
@@ -112,7 +130,7 @@ class Sandbox:
             if on_output is not None and method == "output":
                 await on_output(params["stream"], params["data"], params["total"])
 
-        result = await self.call(
+        result = await self._stoppable(
             "exec",
             {
                 "command": command, "session_id": session_id, "timeout": timeout, "cwd": cwd, "env": env,
@@ -208,6 +226,8 @@ class Sandbox:
 
     async def write_file(self, path: str, data: Bytes | str, *, session_id: str | None = None) -> FileWritten:
         """Write a whole file (str as UTF-8), atomically; big data moves in chunks."""
+        if self.handle.disk is not None:
+            await self.handle.disk.check_room()
         if isinstance(data, str):
             data = data.encode("utf-8", "replace")
         view = memoryview(data).cast("B")
@@ -227,6 +247,8 @@ class Sandbox:
     ) -> FileWritten:
         """Write a file from a stream of byte chunks (of any size), atomically: the file appears
         whole at the end, or not at all if the stream fails."""
+        if self.handle.disk is not None:
+            await self.handle.disk.check_room()
         opened = await self.call("file_write_open", {"path": path, "session_id": session_id})
         handle = opened["handle"]
         committed = False
@@ -409,7 +431,7 @@ class Sandbox:
             if on_output is not None and method == "output":
                 await on_output(params["stream"], params["data"], params["total"])
 
-        result = await self.call(
+        result = await self._stoppable(
             "run_code",
             {
                 "code": code, "context_id": context_id, "language": language, "timeout": timeout,

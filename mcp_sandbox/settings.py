@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from .mounts import Mount, parse_mount
+from .sizes import parse_size
 
 
 def default_workspace_root() -> Path:
@@ -46,9 +47,16 @@ class Settings(BaseModel):
         json_schema_extra={"flag": "--mount", "separator": ";"},
     )
     network: bool = Field(False, description="Allow sandboxes network access (off by default).")
-    memory: str = Field("2g", description="Docker: memory limit per sandbox.")
-    cpus: float = Field(1.0, gt=0, description="Docker: CPU limit per sandbox.")
-    pids_limit: int = Field(512, gt=0, description="Docker: process limit per sandbox.")
+    memory: str = Field(
+        "2g", description="Memory limit per sandbox (Docker; local sandboxes through cgroups where the host has them)."
+    )
+    cpus: float = Field(1.0, gt=0, description="CPU limit per sandbox (Docker; local sandboxes through cgroups).")
+    pids_limit: int = Field(
+        512, gt=0, description="Process limit per sandbox (Docker; local sandboxes through cgroups)."
+    )
+    disk: str = Field(
+        "10g", description="Local backend: disk budget per sandbox, for its workspace and temporary directories."
+    )
     runtime: str | None = Field(None, description="Docker: container runtime (e.g. runsc for gVisor).")
     command_timeout: float = Field(120.0, gt=0, description="Default exec and run_code timeout in seconds.")
     max_output: int = Field(30_000, ge=100, description="Characters of each output stream returned by a tool.")
@@ -79,4 +87,10 @@ class Settings(BaseModel):
     def _parse_mounts(cls, value: object) -> object:
         if isinstance(value, list):
             return [parse_mount(v) if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("memory", "disk")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        parse_size(value)
         return value

@@ -194,6 +194,8 @@ async def test_default_limits(mcp: Tools, client: Any) -> None:
 
 async def test_limits_follow_the_options(manager_factory: Any) -> None:
     async with manager_factory(pids_limit=64, memory="256m", cpus=0.5) as manager:
+        # The engine enforces these; nothing bounds a container's writable layer.
+        assert manager.limits()["enforced"] == {"memory": True, "cpus": True, "pids": True, "disk": False}
         sandbox = await manager.create()
         assert (await sandbox.exec(CGROUP["pids"])).stdout == "64\n"
         assert (await sandbox.exec(CGROUP["memory"])).stdout == f"{256 << 20}\n"

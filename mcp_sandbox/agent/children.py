@@ -1,16 +1,19 @@
 """Starting, reaping and killing the processes the agent runs.
 
-Every process the agent starts carries an environment tag (``MCP_SANDBOX_JOB``) and leads its own
-process group. Killing a job signals its group and then every process whose environment still
-carries the tag, so grandchildren that moved to another group (``setsid``, daemons) die too. The
-agent reaps all children itself, with one SIGCHLD handler, because it may be a subreaper that
-inherits orphans; Popen is used only to start processes, never to wait for them.
+Every process the agent starts is a job: it leads its own process group, carries an environment
+tag (``MCP_SANDBOX_JOB``) and, where the host gave the agent a cgroup, enters a cgroup of its own
+(see jobs.py). Killing a job signals its group and then everything in its cgroup, which nothing
+started in it can leave; without a cgroup, every process whose environment still carries the tag,
+so grandchildren that moved to another group (``setsid``, daemons) die too unless they also drop
+the tag (``env -i``). The agent reaps all children itself, with one SIGCHLD handler, because it may
+be a subreaper that inherits orphans; Popen is used only to start processes, never to wait for them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
 import signal
 import subprocess
@@ -19,8 +22,12 @@ from typing import IO, Any, Dict, Optional, Sequence, Set, Tuple, Union
 
 from .protocol import AgentError
 
+from .jobs import BASH_ENTER, Jobs
+
 TAG = "MCP_SANDBOX_JOB"
+CHILD_OOM_SCORE_ADJ = b"500"
 _PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
 
 FileArg = Union[int, IO[Any], None]
@@ -38,10 +45,22 @@ def prctl(option: int, value: int) -> None:
 class Children:
     """The agent's children: spawn with a tag, await exit, kill whole trees."""
 
-    def __init__(self, sandbox_id: str) -> None:
+    def __init__(self, sandbox_id: str, jobs: Optional[Jobs] = None) -> None:
         # Tags start with the sandbox id: without isolation, other sandboxes' processes are visible.
         self._prefix = sandbox_id + "/"
-        self._waiting: Dict[int, Tuple["subprocess.Popen[bytes]", "asyncio.Future[int]"]] = {}
+        self._jobs = jobs
+        # Children are born more likely than the agent to be chosen by the OOM killer when the
+        # sandbox runs out of memory: the agent raises its own score around each fork (a process
+        # may lower it again to where it was), and its children inherit the raised one.
+        self._oom_fd: Optional[int] = None
+        self._oom_own = b"0"
+        try:
+            self._oom_fd = os.open("/proc/self/oom_score_adj", os.O_RDWR | os.O_CLOEXEC)
+            self._oom_own = os.read(self._oom_fd, 16).strip() or b"0"
+        except OSError:
+            pass
+        # pid -> its Popen, the future of its exit code, and its job's cgroup (if any)
+        self._waiting: Dict[int, Tuple["subprocess.Popen[bytes]", "asyncio.Future[int]", Optional[str]]] = {}
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         prctl(_PR_SET_CHILD_SUBREAPER, 1)
@@ -58,22 +77,55 @@ class Children:
         stdout: FileArg = None,
         stderr: FileArg = None,
         pass_fds: Sequence[int] = (),
+        script_at: Optional[int] = None,
     ) -> Tuple[int, "asyncio.Future[int]"]:
         """Start a process in a new session; returns its pid and a future for its exit code.
 
-        The exit code is negative for a signal, like Popen's returncode.
+        The exit code is negative for a signal, like Popen's returncode. When ``argv[script_at]``
+        is a ``bash -c`` script, the bash enters the job's cgroup itself, as its first command;
+        any other process enters it between fork and exec, which costs a full fork (~1 ms).
         """
         env = dict(env)
         env[TAG] = self._prefix + tag
-        proc = subprocess.Popen(
-            list(argv), env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr,
-            pass_fds=tuple(pass_fds), start_new_session=True, close_fds=True,
-        )
+        argv = list(argv)
+        fds = tuple(pass_fds)
+        job, enter_fd = self._jobs.open(tag) if self._jobs is not None else (None, None)
+        enter = None
+        if enter_fd is not None:
+            if script_at is not None:
+                argv[script_at] = BASH_ENTER % (enter_fd, enter_fd) + argv[script_at]
+                fds += (enter_fd,)
+            else:
+                enter = functools.partial(os.write, enter_fd, b"0")
+        try:
+            self._set_oom_score(CHILD_OOM_SCORE_ADJ)
+            proc = subprocess.Popen(
+                argv, env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr,
+                pass_fds=fds, start_new_session=True, close_fds=True, preexec_fn=enter,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            if job is not None and self._jobs is not None:
+                self._jobs.finished(job)
+            if isinstance(exc, OSError):
+                raise
+            # The preexec_fn failed: the process must not run outside its cgroup.
+            raise OSError("could not enter the job's cgroup (%s)" % exc) from None
+        finally:
+            self._set_oom_score(self._oom_own)
+            if enter_fd is not None:
+                os.close(enter_fd)
         future: "asyncio.Future[int]" = asyncio.get_running_loop().create_future()
-        self._waiting[proc.pid] = (proc, future)
+        self._waiting[proc.pid] = (proc, future, job)
         # The child may already have exited; its SIGCHLD is handled on the next loop turn, after
         # this registration, so no exit is ever missed.
         return proc.pid, future
+
+    def _set_oom_score(self, value: bytes) -> None:
+        if self._oom_fd is not None:
+            try:
+                os.pwrite(self._oom_fd, value, 0)
+            except OSError:
+                pass
 
     def _reap(self) -> None:
         while True:
@@ -87,15 +139,26 @@ class Children:
             if entry is None:
                 continue  # an orphan we inherited as subreaper
             code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
-            proc, future = entry
+            proc, future, job = entry
             proc.returncode = code  # so Popen never waits on a pid that may be reused
+            if job is not None and self._jobs is not None:
+                self._jobs.finished(job)
             if not future.done():
                 future.set_result(code)
 
 
     def kill(self, pgid: Optional[int], tag_prefix: str, sig: int = signal.SIGKILL) -> None:
-        """Signal a job's process group and every process whose tag starts with ``tag_prefix``."""
-        kill_tree(pgid, self._prefix + tag_prefix, sig)
+        """Signal a job's process group and every process of the jobs whose tag starts with
+        ``tag_prefix``: by their cgroups, or without them by their tags."""
+        if self._jobs is None:
+            kill_tree(pgid, self._prefix + tag_prefix, sig)
+            return
+        if pgid is not None:
+            try:
+                os.killpg(pgid, sig)
+            except OSError:
+                pass
+        self._jobs.kill(tag_prefix, sig)
 
     def kill_all_but(self, tag_prefix: str, keep: Set[str]) -> int:
         """SIGKILL every process whose tag starts with ``tag_prefix`` and is not one of ``keep``;
@@ -104,6 +167,8 @@ class Children:
         What is found is stopped first, and killed once a look finds nothing new: a stopped
         process cannot fork, so a fork bomb is frozen whole before it dies.
         """
+        if self._jobs is not None:  # by cgroup: nothing can leave its job's
+            return self._jobs.kill_all_but(tag_prefix, keep)
         prefix = self._prefix + tag_prefix
         kept = {self._prefix + tag for tag in keep}
         stopped: Set[int] = set()

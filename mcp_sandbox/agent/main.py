@@ -13,7 +13,8 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List
 
-from .children import _PR_SET_PDEATHSIG, Children, prctl
+from .children import _PR_SET_DUMPABLE, _PR_SET_PDEATHSIG, Children, prctl
+from .jobs import Jobs
 from .pipes import enlarge_pipe
 from .processes import Processes
 from .protocol import Connection, Handler, Request
@@ -43,10 +44,24 @@ def main() -> None:
     os.close(devnull)
     # Without a pid namespace nothing else ends the sandbox when the server dies.
     prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    apply_rlimits(config.get("rlimits") or {})
     # A handler, not SIG_IGN: an ignored signal stays ignored in every child after exec, and then
     # neither kill_process's INT nor a command's own trap on INT would work.
     signal.signal(signal.SIGINT, lambda *_: None)
     asyncio.run(serve(config, in_fd, out_fd))
+
+
+def apply_rlimits(limits: Dict[str, int]) -> None:
+    """Hard limits for the agent and all it starts, e.g. {"FSIZE": bytes}: the per-file size on
+    every host, and memory and processes per process where the host has no cgroup for them."""
+    import resource
+
+    for name, value in limits.items():
+        which = getattr(resource, "RLIMIT_" + name)
+        hard = resource.getrlimit(which)[1]
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)  # a lower limit the agent was started with stays
+        resource.setrlimit(which, (value, value))
 
 
 def simple(fn: Callable[[Dict[str, Any]], Any]) -> Handler:
@@ -62,7 +77,14 @@ def simple(fn: Callable[[Dict[str, Any]], Any]) -> Handler:
 async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
     loop = asyncio.get_running_loop()
     os.makedirs(config["state_dir"], exist_ok=True)
-    children = Children(config["sandbox_id"])
+    cgroup = config.get("cgroup")
+    if cgroup is not None:
+        os.set_inheritable(cgroup["fd"], False)  # for the agent alone
+    children = Children(config["sandbox_id"], Jobs(cgroup["fd"], cgroup["v2"]) if cgroup is not None else None)
+    # Not dumpable: the sandbox's processes, which run as the same user, can neither trace the
+    # agent nor open its descriptors (the job cgroups') through /proc. After Children has opened
+    # its /proc/self files: they belong to root from now on.
+    prctl(_PR_SET_DUMPABLE, 0)
     children.install(loop)
     sessions = Sessions(children, config)
     processes = Processes(children, sessions, config)
@@ -107,6 +129,8 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
         "send_process_input": simple(processes.send_input),
         "kill_process": simple(processes.kill),
         "kill_all_processes": simple(processes.kill_all),
+        # The host found the sandbox over a limit (its disk budget): everything running stops.
+        "stop_all": simple(lambda p: children.kill(None, "")),
         "write_file": file_op("write"),
         "file_write_open": file_op("write_open"),
         "file_write_chunk": file_op("write_chunk"),

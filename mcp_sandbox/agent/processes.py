@@ -190,6 +190,7 @@ class Processes:
                     stdin=stdin_r,
                     stdout=out,
                     stderr=err,
+                    script_at=4,
                 )
             except OSError as exc:
                 os.close(stdin_w)

@@ -524,6 +524,7 @@ class Sessions:
                 stdout=fds["stdout"],
                 stderr=fds["stderr"],
                 pass_fds=(command_r,),
+                script_at=4,
             )
         except OSError:
             for fd in (command_w, *out_fds.values()):

@@ -7,6 +7,8 @@ from typing import Any, Protocol
 
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
+from ..disk import DiskBudget
+
 
 @dataclass
 class SandboxSpec:
@@ -55,6 +57,11 @@ class AgentHandle(Protocol):
     @property
     def workspace(self) -> str: ...
 
+    @property
+    def disk(self) -> DiskBudget | None:
+        """The sandbox's disk budget, where the server keeps it."""
+        ...
+
     async def destroy(self) -> None:
         """Kill everything in the sandbox and remove it; safe to call twice."""
         ...
@@ -62,12 +69,10 @@ class AgentHandle(Protocol):
 
 class Backend(Protocol):
     name: str
+    # Which of the limits (memory, cpus, pids, disk) hold for this backend on this host.
+    enforced: dict[str, bool]
 
     async def start(self, spec: SandboxSpec, config: AgentConfig) -> AgentHandle: ...
-
-    def resource_limits(self) -> dict[str, Any]:
-        """The limits it puts on every sandbox, as sandbox_info reports them (memory, cpus, pids_limit)."""
-        ...
 
     async def reap_orphans(self) -> None:
         """Remove what servers that are gone left behind (after a crash or SIGKILL)."""

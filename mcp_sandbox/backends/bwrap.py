@@ -31,7 +31,7 @@ from functools import cache
 from pathlib import Path
 
 from ..mounts import Mount
-from . import seccomp
+from . import seccomp, slirp
 
 logger = logging.getLogger(__name__)
 
@@ -148,8 +148,12 @@ class Bubblewrap:
     def as_root(self) -> bool:
         return os.geteuid() == 0
 
-    def command(self, directory: Path, argv: list[str], *, network: bool, seccomp: int | None) -> list[str]:
-        """The command that runs ``argv`` in a sandbox whose directories are in ``directory``."""
+    def command(self, directory: Path, argv: list[str], *, seccomp: int | None, info_fd: int | None = None) -> list[str]:
+        """The command that runs ``argv`` in a sandbox whose directories are in ``directory``.
+
+        The sandbox has a network namespace of its own, with nothing in it; with ``info_fd`` the
+        bubblewrap that makes it reports the pid to attach slirp4netns to there (slirp.py).
+        """
         bwrap = shutil.which("bwrap") or "bwrap"
         isolation = ["--proc", "/proc", "--dev", "/dev"]
         for path in PROC_READ_ONLY:  # the sandbox's /proc, so after --proc
@@ -158,19 +162,24 @@ class Bubblewrap:
             "--unshare-all", "--hostname", "sandbox", "--die-with-parent", "--new-session",
             "--cap-drop", "ALL", "--chdir", "/workspace",
         ]
-        if network:
-            isolation.append("--share-net")
+        view = self.view(directory)
+        reports = [] if info_fd is None else ["--info-fd", str(info_fd)]
+        if info_fd is not None:
+            view += slirp.resolver_bind(directory)
         if seccomp is not None:
             isolation += ["--seccomp", str(seccomp)]
         if not self.as_root:
-            return [bwrap, *self.view(directory), *isolation, "--", *argv]
+            return [bwrap, *view, *isolation, *reports, "--", *argv]
         return [
-            bwrap, *self.view(directory),
+            bwrap, *view,
             # The host's /proc lets the inner bubblewrap mount its own (the kernel requires a
             # proc mount it can see whole); the inner one covers it.
-            "--bind", "/proc", "/proc", "--dev", "/dev", "--unshare-pid", "--die-with-parent", "--",
+            "--bind", "/proc", "/proc", "--dev", "/dev", "--unshare-pid", "--die-with-parent",
+            # The network namespace is made here, owned by the host's user namespace: slirp4netns
+            # (as root) can join it, and nothing in the sandbox can reconfigure it.
+            "--unshare-net", *reports, "--",
             shutil.which("setpriv") or "setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--",
-            bwrap, "--bind", "/", "/", *isolation, "--", *argv,
+            bwrap, "--bind", "/", "/", *isolation, "--share-net", "--", *argv,
         ]
 
     def view(self, directory: Path) -> list[str]:
@@ -200,7 +209,7 @@ class Bubblewrap:
             with tempfile.TemporaryDirectory(prefix="mcp-sandbox-probe-") as tmp:
                 make_own_dirs(Path(tmp), self.uid, self.gid)
                 result = subprocess.run(
-                    self.command(Path(tmp), list(argv), network=False, seccomp=fd), stdin=subprocess.DEVNULL,
+                    self.command(Path(tmp), list(argv), seccomp=fd), stdin=subprocess.DEVNULL,
                     capture_output=True, timeout=PROBE_TIMEOUT, pass_fds=() if fd is None else (fd,),
                     env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
                 )

@@ -36,9 +36,11 @@ import anyio
 from anyio.abc import ByteStream, SocketStream
 
 from .. import agent
+from ..disk import DiskBudget
 from ..errors import SandboxError
 from ..mounts import check_mounts
 from ..settings import Settings
+from ..sizes import parse_size
 from .base import AgentConfig, SandboxSpec
 from .local import process_start_time
 
@@ -355,6 +357,7 @@ class DockerAgent:
     container_id: str
     isolation: str
     workspace: str = WORKSPACE
+    disk: DiskBudget | None = None  # not kept on Docker
     _destroyed: bool = field(default=False, repr=False)
 
     @property
@@ -380,6 +383,8 @@ class DockerAgent:
 
 class DockerBackend:
     name = "docker"
+    # The engine enforces memory, CPU and processes; nothing bounds the container's writable layer.
+    enforced = {"memory": True, "cpus": True, "pids": True, "disk": False}
 
     def __init__(self, settings: Settings, client: Any | None = None) -> None:
         self.settings = settings
@@ -397,10 +402,6 @@ class DockerBackend:
         self._image: str | None = None
         self._image_lock = anyio.Lock()
         self._bundle: bytes | None = None
-
-    def resource_limits(self) -> dict[str, Any]:
-        s = self.settings
-        return {"memory": s.memory, "cpus": s.cpus, "pids_limit": s.pids_limit}
 
     async def image(self) -> str:
         """The sandbox image, present on the engine (pulled on first use if needed)."""
@@ -486,8 +487,8 @@ class DockerBackend:
             cap_add=CAPABILITIES,
             security_opt=["no-new-privileges"],
             pids_limit=s.pids_limit,
-            mem_limit=s.memory,
-            memswap_limit=s.memory,  # no swap on top of the memory limit
+            mem_limit=parse_size(s.memory),
+            memswap_limit=parse_size(s.memory),  # no swap on top of the memory limit
             nano_cpus=int(s.cpus * 1e9),
             runtime=s.runtime,
             binds=[str(m) for m in s.mounts],  # HOST:SANDBOX:ro|rw, as Docker writes them

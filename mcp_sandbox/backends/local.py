@@ -3,8 +3,10 @@
 Each sandbox is a directory ``<workspace root>/<sandbox id>`` holding ``workspace`` (bound at
 ``/workspace``), ``tmp`` and ``var-tmp`` (``/tmp`` and ``/var/tmp``, private to the sandbox). Under
 bubblewrap the sandbox sees only an allow-list of the host (bwrap.py), runs as an unprivileged
-user when the server is root (``--sandbox-user``), has no network unless allowed, and everything
-in it dies with the server (``--die-with-parent`` and a pid namespace).
+user when the server is root (``--sandbox-user``), has a network namespace of its own (with
+slirp4netns's NAT when allowed), and everything in it dies with the server (``--die-with-parent``
+and a pid namespace). Memory, CPU and processes are limited by cgroups where the host has them
+(see cgroups.py), else by rlimits per process; the disk budget is kept by the server (see disk.py).
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream, Process
 
 from .. import agent
+from ..disk import DiskBudget
 from ..errors import SandboxError
 from ..mounts import check_mounts
 from ..settings import Settings
-from . import bwrap
+from ..sizes import parse_size
+from . import bwrap, cgroups, slirp
 from .base import AgentConfig, SandboxSpec
 from .hostuser import current_user, resolve_user
 
@@ -71,12 +75,37 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path, onerror=fix_and_retry)
 
 
+def server_name() -> str:
+    """This server among others on the host, as its cgroups are named: ``srv-<pid>-<start time>``."""
+    return f"srv-{os.getpid()}-{process_start_time(os.getpid())}"
+
+
+def server_alive(name: str) -> bool:
+    """Whether the server a ``server_name()`` names still runs."""
+    _, pid, start = name.split("-", 2)
+    return pid.isdigit() and process_start_time(int(pid)) == start
+
+
+def processes_of(uid: int) -> int:
+    return sum(1 for pid in os.listdir("/proc") if pid.isdigit() and _owner(pid) == uid)
+
+
+def _owner(pid: str) -> int | None:
+    try:
+        return os.stat("/proc/" + pid).st_uid
+    except OSError:
+        return None
+
+
 @dataclass
 class LocalAgent:
     process: Process
     directory: Path
     isolation: str
     workspace: str
+    cgroup: cgroups.SandboxCgroup | None = None
+    network: slirp.Slirp | None = None
+    disk: DiskBudget | None = None
 
     @property
     def receive(self) -> ByteReceiveStream:
@@ -91,7 +120,7 @@ class LocalAgent:
     async def destroy(self) -> None:
         with anyio.CancelScope(shield=True):
             if self.process.returncode is None:
-                if self.isolation == "none":
+                if self.isolation == "none" and self.cgroup is None:
                     # Only the agent knows its processes here: closing its stdin makes it kill them.
                     await self.send.aclose()
                     with anyio.move_on_after(3):
@@ -99,7 +128,13 @@ class LocalAgent:
                 if self.process.returncode is None:
                     # Under bubblewrap the pid namespace dies with this process, and all in it.
                     self.process.send_signal(signal.SIGKILL)
-                    await self.process.wait()
+            if self.cgroup is not None:  # everything in the sandbox's cgroup, whatever it did
+                await anyio.to_thread.run_sync(self.cgroup.kill)
+            await self.process.wait()
+            if self.network is not None:
+                await self.network.close()
+            if self.cgroup is not None:
+                await anyio.to_thread.run_sync(self.cgroup.remove)
             await self.process.aclose()
             await anyio.to_thread.run_sync(remove_tree, self.directory)
 
@@ -110,6 +145,8 @@ class LocalBackend:
     def __init__(self, settings: Settings) -> None:
         self.root = settings.workspace_root.expanduser().resolve()
         self.allow_network = settings.network
+        self.limits = cgroups.SandboxLimits(parse_size(settings.memory), settings.cpus, settings.pids_limit)
+        self.disk_budget = parse_size(settings.disk)
         check_mounts(settings.mounts)
         # The host user sandboxes run as: never root under bubblewrap.
         self.user = resolve_user(settings.sandbox_user) if os.geteuid() == 0 else current_user()
@@ -138,9 +175,32 @@ class LocalBackend:
                 f"; bubblewrap cannot be used: {problem}" if problem else "; install bubblewrap for isolation",
             )
         self.uid, self.gid = self.user.uid, self.user.gid
+        if self.isolation == "bwrap" and self.allow_network and not slirp.available():
+            raise SandboxError(
+                "BACKEND_UNAVAILABLE",
+                "--network on the local backend needs slirp4netns, so that sandboxes get a network of their "
+                "own and not the host's; install it (apt-get install slirp4netns)",
+            )
+        self.use_cgroups(cgroups.detect(server_name()))
 
-    def resource_limits(self) -> dict[str, Any]:
-        return {}  # no memory, CPU or process limit of its own (README, "Security model")
+    def use_cgroups(self, found: cgroups.Cgroups | None) -> None:
+        """Put sandboxes in these cgroups (None: none), and say which limits hold then."""
+        self.cgroups = found
+        held = found.controllers if found is not None else frozenset()
+        # The disk budget is the server's to keep (disk.py), on every host.
+        self.enforced = {"memory": "memory" in held, "cpus": "cpu" in held, "pids": "pids" in held, "disk": True}
+        if found is None:
+            logger.warning(
+                "NO CGROUPS for local sandboxes here (cgroup v1 needs root; cgroup v2 a cgroup delegated to "
+                "this user, or systemd --user): --memory and --pids-limit hold only per process (rlimits), "
+                "--cpus not at all, and a command's descendants that drop its environment tag (env -i "
+                "setsid ...) escape its timeout and kills"
+            )
+        elif held != frozenset(cgroups.LIMITS):
+            logger.warning(
+                "the cgroup controllers %s are not available to this server: those limits hold only per "
+                "process (rlimits), or not at all for cpu", ", ".join(sorted(set(cgroups.LIMITS) - held))
+            )
 
     async def start(self, spec: SandboxSpec, config: AgentConfig) -> LocalAgent:
         directory = self.root / spec.sandbox_id
@@ -163,32 +223,84 @@ class LocalBackend:
             "TMPDIR": tmp,
         }
         env.update(spec.env)
+        uid, gid = self.uid, self.gid
+        cgroup = jobs_fd = None
+        if self.cgroups is not None:
+            try:
+                cgroup = self.cgroups.create(spec.sandbox_id, self.limits, uid, gid)
+                jobs_fd = cgroup.open_jobs()
+            except OSError as exc:
+                if cgroup is not None:
+                    await anyio.to_thread.run_sync(cgroup.remove)
+                await anyio.to_thread.run_sync(remove_tree, directory)
+                raise SandboxError("BACKEND_UNAVAILABLE", f"could not make the sandbox's cgroup: {exc}") from exc
+        pass_fds = [] if jobs_fd is None else [jobs_fd]
+        extra: dict[str, Any] = {"rlimits": self._rlimits(uid)}
+        if jobs_fd is not None and cgroup is not None and cgroup.jobs is not None:
+            extra["cgroup"] = {"fd": jobs_fd, "v2": cgroup.jobs[1]}
         agent_config = config.for_agent(
-            spec.sandbox_id, workspace, env, state_dir=os.path.join(tmp, ".mcp-sandbox")
+            spec.sandbox_id, workspace, env, state_dir=os.path.join(tmp, ".mcp-sandbox"), **extra
         )
         command = [AGENT_PYTHON, "-I", "-S", "-c", agent.BOOTSTRAP, AGENT_DIR, json.dumps(agent_config)]
-        seccomp = None
+        info_fd = None
         if self.isolation == "bwrap":
+            info_w = None
+            if spec.network and self.allow_network:
+                info_fd, info_w = os.pipe()
+                pass_fds.append(info_w)
             seccomp = bwrap.seccomp_fd()
-            command = self.bwrap.command(directory, command, network=spec.network and self.allow_network, seccomp=seccomp)
+            if seccomp is not None:
+                pass_fds.append(seccomp)
+            command = self.bwrap.command(directory, command, seccomp=seccomp, info_fd=info_w)
+        if cgroup is not None:
+            command = cgroups.GATE + command
+        handle: LocalAgent | None = None
         try:
             process = await anyio.open_process(
                 command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, start_new_session=True,
-                env={"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"}, pass_fds=() if seccomp is None else (seccomp,),
+                env={"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"}, pass_fds=pass_fds,
             )
-        except OSError as exc:
-            await anyio.to_thread.run_sync(remove_tree, directory)
-            raise SandboxError("BACKEND_UNAVAILABLE", f"could not start the sandbox agent: {exc}") from exc
+            handle = LocalAgent(
+                process, directory, self.isolation, workspace, cgroup, disk=DiskBudget(directory, self.disk_budget)
+            )
+            if cgroup is not None:
+                cgroup.join(process.pid)
+                await handle.send.send(b"\n")  # opens the gate: the sandbox starts in its cgroups
+            if info_fd is not None:
+                reports, info_fd = info_fd, None  # attach() closes it
+                handle.network = await slirp.attach(reports, directory / "slirp4netns.log")
+        except BaseException as exc:
+            if handle is not None:
+                await handle.destroy()
+            elif cgroup is not None:
+                await anyio.to_thread.run_sync(cgroup.remove)
+            if handle is None:
+                await anyio.to_thread.run_sync(remove_tree, directory)
+            if isinstance(exc, (OSError, anyio.BrokenResourceError)):
+                raise SandboxError("BACKEND_UNAVAILABLE", f"could not start the sandbox agent: {exc!r}") from exc
+            raise
         finally:
-            if seccomp is not None:
-                os.close(seccomp)
-        return LocalAgent(process, directory, self.isolation, workspace)
+            for fd in pass_fds + ([info_fd] if info_fd is not None else []):
+                os.close(fd)
+        return handle
+
+    def _rlimits(self, uid: int) -> dict[str, int]:
+        """Hard limits for everything in a sandbox: no file beyond the disk budget; and where no
+        cgroup limits the sandbox, memory per process (RLIMIT_DATA: unlike RLIMIT_AS it leaves alone
+        the address space that V8 and others reserve without using) and the processes of its user
+        (those it has now plus the limit: RLIMIT_NPROC counts all of them, and never for root)."""
+        limits = {"FSIZE": self.disk_budget}
+        if not self.enforced["memory"]:
+            limits["DATA"] = self.limits.memory
+        if not self.enforced["pids"]:
+            limits["NPROC"] = processes_of(uid) + self.limits.pids
+        return limits
 
     async def reap_orphans(self) -> None:
-        """Remove sandbox directories whose server is no longer running."""
-        if not self.root.is_dir():
-            return
-        for directory in self.root.iterdir():
+        """Remove sandbox directories and cgroups whose server is no longer running."""
+        if self.cgroups is not None:
+            await anyio.to_thread.run_sync(self.cgroups.reap, server_alive)
+        for directory in self.root.iterdir() if self.root.is_dir() else ():
             try:
                 owner = json.loads((directory / OWNER_FILE).read_text())
             except (OSError, ValueError):

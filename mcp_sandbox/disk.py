@@ -1,0 +1,153 @@
+"""The disk budget of a local sandbox (``--disk``): what its directory holds, measured by the host.
+
+The sandbox's directory (its workspace and its temporary directory) is measured as ``du`` would:
+the blocks allocated to each file, hard links once, staying on its filesystem. The server does it
+in a thread, not the agent: the sandbox's processes run as the agent's user and could stop or trace
+it, and a host running as root sees every directory whatever its mode. A measure costs about a
+microsecond per file, so it runs at most every 20 times its duration (and every 2 s at least); in
+between, every quarter of a second, one ``statvfs`` tells how much the whole filesystem grew,
+which bounds what the sandbox may have written: once the last measure plus that growth could be
+beyond the budget, the sandbox is measured again at once. So a writer is caught within about a
+quarter of a second plus a measure, whatever its speed; the per-file limit (RLIMIT_FSIZE, set to
+the budget) stops a single file from growing past it even sooner.
+
+A sandbox found over its budget is stopped: everything running in it is killed, and the commands
+that were running get ``LIMIT_REACHED`` saying why. It is stopped again only when it grows further
+while still over; files can be deleted meanwhile to get below.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+
+from .errors import SandboxError
+from .sizes import format_size
+
+POLL = 0.25
+MIN_INTERVAL = 2.0
+MAX_INTERVAL = 60.0
+# Growth allowed while over the budget before everything is stopped again (the agent's own state
+# files and a `du` to look around must not count as a new offence).
+SLACK = 1 << 20
+
+
+def usage(top: Path) -> int:
+    """Bytes allocated under ``top``, like ``du -s``. Directories made unreadable are opened up
+    while they are measured (the server's user owns them when it is the sandbox's user)."""
+    try:
+        device = os.lstat(top).st_dev
+    except FileNotFoundError:
+        return 0  # the sandbox was destroyed meanwhile
+    seen: set[tuple[int, int]] = set()
+    opened: list[tuple[str, int]] = []
+    total = 0
+    stack = [str(top)]
+    try:
+        while stack:
+            path = stack.pop()
+            try:
+                entries = _entries(path, opened)
+            except OSError:
+                continue  # removed meanwhile, or not ours
+            for entry in entries:
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                is_dir = stat.S_ISDIR(info.st_mode)
+                if info.st_nlink > 1 and not is_dir:
+                    if (info.st_dev, info.st_ino) in seen:
+                        continue
+                    seen.add((info.st_dev, info.st_ino))
+                total += info.st_blocks * 512
+                if is_dir and info.st_dev == device:
+                    stack.append(entry.path)
+    finally:
+        for path, mode in reversed(opened):
+            try:
+                os.chmod(path, mode)
+            except OSError:
+                pass
+    return total
+
+
+def _entries(path: str, opened: list[tuple[str, int]]) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except PermissionError:
+        mode = stat.S_IMODE(os.lstat(path).st_mode)
+        os.chmod(path, mode | stat.S_IRWXU)
+        opened.append((path, mode))
+        with os.scandir(path) as it:
+            return list(it)
+
+
+def filesystem_used(path: Path) -> int:
+    info = os.statvfs(path)
+    return (info.f_blocks - info.f_bfree) * info.f_frsize
+
+
+class DiskBudget:
+    """Keeps one sandbox's directory within its budget."""
+
+    def __init__(self, directory: Path, budget: int) -> None:
+        self.directory = directory
+        self.budget = budget
+        self.used = 0
+        self.over: str | None = None  # the LIMIT_REACHED message while over the budget
+        self._stopped_at = 0  # the usage when everything was stopped, while over
+
+    def message(self) -> str:
+        return (
+            f"the sandbox uses {format_size(self.used)} of its {format_size(self.budget)} disk budget (--disk), "
+            "counting its workspace and temporary files, and everything running in it was stopped; "
+            "delete files (rm, delete_file) to get below the budget, then run the command again"
+        )
+
+    async def measure(self) -> int:
+        self.used = await anyio.to_thread.run_sync(usage, self.directory)
+        if self.used <= self.budget:
+            self.over = None
+            self._stopped_at = 0
+        else:
+            self.over = self.message()
+        return self.used
+
+    async def check_room(self) -> None:
+        """LIMIT_REACHED while the sandbox is over its budget (measured again first)."""
+        if self.over is not None and await self.measure() > self.budget:
+            raise SandboxError("LIMIT_REACHED", self.message())
+
+    async def watch(self, stop: Callable[[str], Awaitable[None]]) -> None:
+        """Measure now and then, and call ``stop`` with the message when the sandbox is over its
+        budget and grew since it was last stopped. Runs until cancelled, or the sandbox's directory
+        is gone."""
+        try:
+            await self._watch(stop)
+        except FileNotFoundError:
+            return
+
+    async def _watch(self, stop: Callable[[str], Awaitable[None]]) -> None:
+        while True:
+            started = time.monotonic()
+            baseline = await anyio.to_thread.run_sync(filesystem_used, self.directory)
+            await self.measure()
+            took = time.monotonic() - started
+            if self.over is not None and self.used > self._stopped_at + SLACK:
+                self._stopped_at = self.used
+                await stop(self.over)
+            deadline = started + min(MAX_INTERVAL, max(MIN_INTERVAL, 20 * took))
+            while time.monotonic() < deadline:
+                await anyio.sleep(POLL)
+                growth = filesystem_used(self.directory) - baseline
+                # (but not sooner than twice a measure's time after the last: never measuring nonstop)
+                limit = max(self.budget, self._stopped_at + SLACK)
+                if self.used + growth > limit and time.monotonic() > started + 2 * took:
+                    break
