@@ -18,6 +18,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .backends.base import AgentConfig, Backend, SandboxSpec
+from .agent.protocol import line_limit
 from .channel import AgentChannel
 from .errors import SandboxError
 from .sandbox import Sandbox
@@ -127,7 +128,7 @@ class SandboxManager:
         finally:
             self._spares_starting -= 1
         if self._stopping:  # destroy_all ran while it started
-            await self._remove(sandbox)
+            await self._quietly(self._remove(sandbox), sandbox.id)
         else:
             self._spares.append(sandbox)
 
@@ -149,15 +150,16 @@ class SandboxManager:
                 },
             ),
         )
-        channel = AgentChannel(handle.receive, handle.send, sandbox_id)
-        sandbox = Sandbox(sandbox_id, self.backend.name, handle, channel, network)
+        channel = AgentChannel(handle.receive, handle.send, sandbox_id, line_limit(self.settings.max_output))
+        sandbox = Sandbox(
+            sandbox_id, self.backend.name, handle, channel, network, command_timeout=self.settings.command_timeout
+        )
         if not spare:
             self.sandboxes[sandbox_id] = sandbox
         self._task_group.start_soon(self._watch, sandbox)
         try:
-            with anyio.fail_after(AGENT_START_TIMEOUT):
-                await channel.request("hello", {})
-        except (SandboxError, TimeoutError) as exc:
+            await channel.request("hello", {}, timeout=AGENT_START_TIMEOUT)
+        except SandboxError as exc:
             await self._discard(sandbox)
             raise SandboxError(
                 "BACKEND_UNAVAILABLE", f"the sandbox agent did not start ({exc}); check the server log"
@@ -172,14 +174,27 @@ class SandboxManager:
         return sandbox
 
     async def _watch(self, sandbox: Sandbox) -> None:
-        await sandbox.channel.run()
-        if self.sandboxes.get(sandbox.id) is sandbox:
-            logger.warning("sandbox %s stopped unexpectedly; removing it", sandbox.id)
-            await self.destroy(sandbox.id)
-        elif sandbox in self._spares:
-            logger.warning("warm sandbox %s stopped unexpectedly; removing it", sandbox.id)
-            self._spares.remove(sandbox)
-            await self._remove(sandbox)
+        """Read the sandbox's channel, and remove the sandbox when the channel closes, whatever
+        closed it. Nothing here may raise: this task group is the server's, and one sandbox must
+        not end it."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._read, sandbox)
+            await sandbox.channel.wait_closed()
+            if self.sandboxes.get(sandbox.id) is sandbox:
+                logger.warning("sandbox %s stopped unexpectedly; removing it", sandbox.id)
+                await self._quietly(self.destroy(sandbox.id), sandbox.id)
+            elif sandbox in self._spares:
+                logger.warning("warm sandbox %s stopped unexpectedly; removing it", sandbox.id)
+                self._spares.remove(sandbox)
+                await self._quietly(self._remove(sandbox), sandbox.id)
+            # The reader runs on until the removal ends the sandbox's stream.
+
+    async def _read(self, sandbox: Sandbox) -> None:
+        try:
+            await sandbox.channel.run()
+        except Exception:
+            logger.exception("sandbox %s: reading its channel failed", sandbox.id)
+            sandbox.channel.close("the server could not read the sandbox's agent, so the sandbox was stopped")
 
     async def _expire_idle(self) -> None:
         """Destroy sandboxes that saw no tool call for --idle-timeout (a running call is use)."""

@@ -13,6 +13,7 @@ import anyio
 
 from .backends.base import AgentHandle
 from .channel import AgentChannel, Base64Text
+from .deadlines import Turns, deadline, turn
 from .errors import SandboxError
 from .models import (
     CodeContextCreated,
@@ -65,7 +66,10 @@ def _process(data: dict[str, Any]) -> dict[str, Any]:
 
 
 class Sandbox:
-    def __init__(self, sandbox_id: str, backend: str, handle: AgentHandle, channel: AgentChannel, network: bool) -> None:
+    def __init__(
+        self, sandbox_id: str, backend: str, handle: AgentHandle, channel: AgentChannel, network: bool,
+        *, command_timeout: float,
+    ) -> None:
         self.id = sandbox_id
         self.backend = backend
         self.handle = handle
@@ -74,6 +78,9 @@ class Sandbox:
         self.created_at = time.time()
         self.last_used_at = self.created_at
         self.active_calls = 0
+        self._command_timeout = command_timeout
+        self._session_timeouts: dict[str, float] = {}  # the exec deadline of sessions with their own
+        self._turns = Turns()
 
     @property
     def isolation(self) -> str:
@@ -84,10 +91,15 @@ class Sandbox:
         return self.handle.workspace
 
     async def call(self, method: str, params: dict[str, Any], notify: Any = None) -> Any:
-        """One agent request; counts as use of the sandbox while it runs (for idle expiry)."""
+        """One agent request, within its deadline; counts as use of the sandbox while it runs (for
+        idle expiry)."""
+        params = {k: v for k, v in params.items() if v is not None}
         self.active_calls += 1
         try:
-            return await self.channel.request(method, {k: v for k, v in params.items() if v is not None}, notify)
+            async with self._turns.take(turn(method, params)):
+                session = str(params.get("session_id") or "default")
+                seconds = deadline(method, params, self._session_timeouts.get(session, self._command_timeout))
+                return await self.channel.request(method, params, notify, timeout=seconds)
         finally:
             self.active_calls -= 1
             self.last_used_at = time.time()
@@ -126,7 +138,11 @@ class Sandbox:
         timeout: float | None = None,
     ) -> SessionCreated:
         result = await self.call("create_session", {"session_id": session_id, "cwd": cwd, "env": env, "timeout": timeout})
-        return SessionCreated.model_validate(result)
+        created = SessionCreated.model_validate(result)
+        self._session_timeouts.pop(created.session_id, None)  # a session of that name that expired
+        if timeout is not None:
+            self._session_timeouts[created.session_id] = timeout
+        return created
 
     async def list_sessions(self) -> SessionList:
         result = await self.call("list_sessions", {})
@@ -141,7 +157,9 @@ class Sandbox:
         )
 
     async def delete_session(self, session_id: str) -> SessionDeleted:
-        return SessionDeleted.model_validate(await self.call("delete_session", {"session_id": session_id}))
+        deleted = SessionDeleted.model_validate(await self.call("delete_session", {"session_id": session_id}))
+        self._session_timeouts.pop(session_id, None)
+        return deleted
 
     async def set_env_vars(self, env: dict[str, str | None], session_id: str | None = None) -> EnvVarsSet:
         return EnvVarsSet.model_validate(await self.call("set_env_vars", {"env": env, "session_id": session_id}))

@@ -2,13 +2,13 @@
 
 A sandbox's container is created with its stdin, stdout and stderr attached before it starts, and
 the agent package is sent down its stdin as the first thing (no ``put_archive``, which costs a
-sizeable part of a start, and a remote engine works too); the agent then runs
-under ``docker-init`` as the container's main process and that one attached socket is the whole
-channel, so an ``exec`` is one round trip on an open connection, never a ``docker exec``. The
-container has ``StdinOnce`` set: when the server's end of the socket closes, even because the
-server was killed, the engine closes the agent's stdin, the agent exits with everything it started,
-and the engine removes the container (``auto_remove``). Every container is labelled with the server
-instance that owns it, and a server removes at start what servers that are gone left behind.
+sizeable part of a start, and a remote engine works too); the agent then runs as the container's
+main process (pid 1) and that one attached socket is the whole channel, so an ``exec`` is one round
+trip on an open connection, never a ``docker exec``. The container has ``StdinOnce`` set: when the
+server's end of the socket closes, even because the server was killed, the engine closes the
+agent's stdin, the agent exits with everything it started, and the engine removes the container
+(``auto_remove``). Every container is labelled with the server instance that owns it, and a server
+removes at start what servers that are gone left behind.
 
 The ``docker`` package is imported only when this backend is used, so servers without Docker
 start fast.
@@ -438,7 +438,9 @@ class DockerBackend:
         s = self.settings
         api = self.client.api
         host_config = api.create_host_config(
-            init=True,  # reaps zombies, and the agent is not pid 1 with its odd signal rules
+            # No docker-init: it would hold the channel's pipes where any process in the sandbox
+            # could open them (/proc/1/fd). The agent is pid 1 and reaps orphans itself.
+            init=False,
             auto_remove=True,
             network_mode=None if network else "none",
             cap_drop=["ALL"],

@@ -190,6 +190,9 @@ class LocalBackend:
             "--bind", str(directory / "tmp"), "/tmp",
             "--unshare-all", "--hostname", "sandbox", "--die-with-parent", "--new-session",
             "--cap-drop", "ALL", "--chdir", "/workspace",
+            # The agent is pid 1: bubblewrap's own init would hold the channel's pipes where any
+            # process in the sandbox could open them (/proc/1/fd), and the agent reaps orphans itself.
+            "--as-pid-1",
         ]
         # The sandbox's own /tmp and the hidden workspace root would hide the agent's code or
         # interpreter if they live there (a checkout in /tmp): show those read-only where they are.
