@@ -289,6 +289,15 @@ async def test_code_in_the_sandbox_cannot_open_the_channel(manager_factory: Any,
         assert agent and all(inode is None for _, _, inode, _ in agent), agent
 
 
+@pytest.mark.parametrize("backend", ["bwrap", "docker"], indirect=True)
+async def test_the_agent_is_pid_1_and_reaps_orphans(mcp: Tools) -> None:
+    """No init holds the channel: the agent is pid 1, and adopts and reaps what is orphaned."""
+    r = await mcp.sh("(sleep 0.2 & echo $!) && sleep 1 && ps -o pid=,comm= -p 1; ps -eo stat= | grep -c '^Z' || true")
+    orphan, pid1, zombies = r["stdout"].split("\n")[:3]
+    assert pid1.split()[0] == "1" and "python" in pid1 and zombies == "0", r
+    assert (await mcp.sh(f"test -e /proc/{orphan}"))["exit_code"] == 1  # exited and reaped
+
+
 GARBAGE = {
     "not an object": b"[1]\n",
     "an id that is not a number": b'{"id":[1]}\n',

@@ -421,7 +421,7 @@ class DockerBackend:
             container_id = await anyio.to_thread.run_sync(self._create, spec.sandbox_id, image, agent_config, network)
         stream: ContainerStream | None = None
         try:
-            sock = await anyio.to_thread.run_sync(self._attach_and_start, container_id)
+            sock = await anyio.to_thread.run_sync(self._attach_and_start, container_id, image)
             stream = ContainerStream(await wrap_attach_socket(sock), spec.sandbox_id)
             await stream.send(self._bundle)
             handle = DockerAgent(stream, self.client, container_id, self.isolation)
@@ -477,7 +477,7 @@ class DockerBackend:
             ) from exc
         return str(container["Id"])
 
-    def _attach_and_start(self, container_id: str) -> Any:
+    def _attach_and_start(self, container_id: str, image: str) -> Any:
         api = self.client.api
         try:
             # Attached before the start, so nothing the agent writes is lost.
@@ -488,6 +488,13 @@ class DockerBackend:
                 sock.close()
                 raise
         except _docker().errors.DockerException as exc:
+            if "python3" in str(exc):  # the entrypoint itself: "executable file not found"
+                raise SandboxError(
+                    "BACKEND_UNAVAILABLE",
+                    f"the sandbox image {image!r} has no python3, which the sandbox agent needs (Python >= 3.8); "
+                    f"use an image with python3 (--image), e.g. {PROJECT_IMAGE} ('mcp-sandbox image build') "
+                    f"or {FALLBACK_IMAGE}",
+                ) from exc
             raise SandboxError("BACKEND_UNAVAILABLE", f"Docker could not start the sandbox container ({exc})") from exc
         return sock
 
@@ -508,13 +515,6 @@ class DockerBackend:
         except TimeoutError:
             problem = f"it did not answer within {HELLO_TIMEOUT:.0f} s"
         stderr = handle.stream.stderr_tail.decode("utf-8", "replace").strip()
-        if "python3" in stderr and ("No such file" in stderr or "not found" in stderr):
-            raise SandboxError(
-                "BACKEND_UNAVAILABLE",
-                f"the sandbox image {image!r} has no python3, which the sandbox agent needs (Python >= 3.8); "
-                f"use an image with python3 (--image), e.g. {PROJECT_IMAGE} ('mcp-sandbox image build') "
-                f"or {FALLBACK_IMAGE}",
-            )
         raise SandboxError(
             "BACKEND_UNAVAILABLE",
             f"the sandbox agent did not start in image {image!r}: {problem}"
