@@ -9,6 +9,7 @@ with SIGSTOP for an agent that never answers.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -380,22 +381,32 @@ async def test_flooding_every_pipe_from_inside(manager_factory: Any, backend: st
 async def test_a_call_never_waits_past_its_deadline(
     manager_factory: Any, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An agent that stops answering (frozen here with SIGSTOP) fails the call at its timeout plus
-    the grace, which is shortened for the test; the sandbox answers again once the agent does."""
+    """An agent that stops answering (frozen here with SIGSTOP) fails each call at its timeout (its
+    own, or its session's) plus the grace, shortened for the test; the sandbox answers again once
+    the agent does."""
     require_root()
     monkeypatch.setattr(deadlines, "GRACE", 2.0)
     async with served(manager_factory, backend) as (manager, mcp):
         sid = (await mcp("create_sandbox"))["sandbox_id"]
+        await mcp("create_session", session_id="quick", timeout=1, sandbox_id=sid)
         agent = agent_pid(manager.sandboxes[sid])
+        failures: list[tuple[str, float]] = []
+
+        async def call(**arguments: Any) -> None:
+            started = time.monotonic()
+            text = await mcp.error("exec", command="echo hi", sandbox_id=sid, **arguments)
+            failures.append((text, time.monotonic() - started))
+
         os.kill(agent, signal.SIGSTOP)
         try:
-            started = time.monotonic()
-            text = await mcp.error("exec", command="echo hi", timeout=1, sandbox_id=sid)
-            seconds = time.monotonic() - started
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(functools.partial(call, timeout=1))
+                tg.start_soon(functools.partial(call, session_id="quick"))
         finally:
             os.kill(agent, signal.SIGCONT)
-        assert "BACKEND_UNAVAILABLE:" in text and "did not answer exec within 3 s" in text, text
-        assert 2.5 < seconds < 8
+        for text, seconds in failures:
+            assert "BACKEND_UNAVAILABLE:" in text and "did not answer exec within 3 s" in text, text
+            assert 2.5 < seconds < 8
         assert (await mcp.sh("echo back", sandbox_id=sid))["stdout"] == "back\n"
 
 
