@@ -79,7 +79,7 @@ class Sandbox:
         self.last_used_at = self.created_at
         self.active_calls = 0
         self._command_timeout = command_timeout
-        self._session_timeouts: dict[str, float] = {}  # the exec deadline of sessions with their own
+        self._session_timeouts: dict[str, float] = {}  # each session's exec timeout, for deadlines
         self._turns = Turns()
 
     @property
@@ -139,9 +139,7 @@ class Sandbox:
     ) -> SessionCreated:
         result = await self.call("create_session", {"session_id": session_id, "cwd": cwd, "env": env, "timeout": timeout})
         created = SessionCreated.model_validate(result)
-        self._session_timeouts.pop(created.session_id, None)  # a session of that name that expired
-        if timeout is not None:
-            self._session_timeouts[created.session_id] = timeout
+        self._session_timeouts[created.session_id] = timeout or self._command_timeout
         return created
 
     async def list_sessions(self) -> SessionList:
