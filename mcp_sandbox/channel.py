@@ -1,8 +1,9 @@
 """The host's end of the agent channel: JSON lines over one byte stream each way.
 
 Requests carry an id; the agent answers each once and may send notifications tied to it in
-between (output while a command runs). A caller that is cancelled tells the agent to cancel too,
-so a client's cancel or a dropped connection kills what was running in the sandbox.
+between (output while a command runs). A caller that is cancelled, or waits past its deadline,
+tells the agent to cancel too, so a client's cancel or a dropped connection kills what was running
+in the sandbox. The agent runs beside code the host does not trust: see AgentChannel.
 """
 
 from __future__ import annotations
@@ -10,17 +11,23 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, get_args
 
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
 from anyio.streams.memory import MemoryObjectSendStream
 
-from .errors import SandboxError
+from .agent.protocol import NOTIFICATION_MAX
+from .errors import ErrorCode, SandboxError
 
 logger = logging.getLogger(__name__)
 
 Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+ERROR_CODES = frozenset(get_args(ErrorCode))
+# Notifications held for a caller that has not taken them yet (progress: a few a second).
+NOTIFICATIONS_QUEUED = 16
+CANCEL_TIMEOUT = 5.0
 
 
 class Base64Text(str):
@@ -44,22 +51,50 @@ def encode_request(message: dict[str, Any]) -> bytes:
     return head[:-2].encode("utf-8", "surrogatepass") + opening + payload.encode("ascii") + b'"}}\n'
 
 
+class _Violation(Exception):
+    """Something a well-behaved agent never sends: the channel can no longer be trusted.
+    ``what`` is for the caller; ``line``, the offending bytes, only for the log."""
+
+    def __init__(self, what: str, line: bytes = b"") -> None:
+        super().__init__(what)
+        self.what = what
+        self.line = line
+
+
+class _Call:
+    """A request waiting for its answer; notifications tied to it queue in ``notes``."""
+
+    __slots__ = ("notes", "answer")
+
+    def __init__(self, notes: MemoryObjectSendStream[dict[str, Any]]) -> None:
+        self.notes = notes
+        self.answer: dict[str, Any] | None = None
+
+
 class AgentChannel:
-    def __init__(self, receive: ByteReceiveStream, send: ByteSendStream, name: str) -> None:
+    """The host's end. Everything the agent sends is checked before it is used: what a well-behaved
+    agent never sends (an unreadable or over-long line, an answer to no request, a malformed
+    message) closes the channel, which ends this sandbox and nothing else."""
+
+    def __init__(self, receive: ByteReceiveStream, send: ByteSendStream, name: str, max_line: int) -> None:
         self._receive = receive
         self._send = send
         self._name = name
+        self._max_line = max_line
         self._send_lock = anyio.Lock()
-        self._pending: dict[int, MemoryObjectSendStream[dict[str, Any]]] = {}
+        self._pending: dict[int, _Call] = {}
         self._next_id = 0
         self._closed_reason: str | None = None
+        self._closed = anyio.Event()
 
     @property
     def closed(self) -> bool:
         return self._closed_reason is not None
 
     async def run(self) -> None:
-        """Read the agent's messages until its stream ends; then fail whatever still waits."""
+        """Read the agent's messages until its stream ends. Once the channel is closed, what still
+        comes is read and dropped: Docker's engine removes a container only after its output was
+        taken, and the sandbox's removal ends the stream."""
         buffer = bytearray()
         try:
             while True:
@@ -67,70 +102,131 @@ class AgentChannel:
                     chunk = await self._receive.receive(1 << 20)
                 except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
                     break
-                scan = len(buffer)  # what came before has no newline: search only the new part
-                buffer += chunk
-                start = 0
-                while (end := buffer.find(b"\n", scan)) >= 0:
-                    self._dispatch(bytes(buffer[start:end]))
-                    start = scan = end + 1
-                del buffer[:start]
+                if self._closed_reason is not None:
+                    continue
+                try:
+                    scan = len(buffer)  # what came before has no newline: search only the new part
+                    buffer += chunk
+                    start = 0
+                    while (end := buffer.find(b"\n", scan)) >= 0:
+                        if end - start > self._max_line:
+                            raise _Violation(f"a line of {end - start} bytes, more than the {self._max_line} allowed")
+                        self._dispatch(bytes(buffer[start:end]))
+                        start = scan = end + 1
+                    del buffer[:start]
+                    if len(buffer) > self._max_line:
+                        raise _Violation(f"more than {self._max_line} bytes without a line end")
+                except _Violation as exc:
+                    logger.warning(
+                        "%s: the agent broke the channel protocol (%s%s); stopping the sandbox",
+                        self._name, exc.what, f": {exc.line[:100]!r}" if exc.line else "",
+                    )
+                    self.close(f"the sandbox's agent broke the channel protocol ({exc.what}), so the sandbox was stopped")
+                    buffer = bytearray()
         finally:
             self.close("the sandbox's agent stopped (the sandbox was destroyed or crashed)")
 
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
     def _dispatch(self, line: bytes) -> None:
+        """Pass one message to the call it belongs to; cheap type checks only (the hot path)."""
         try:
             message = json.loads(line)
-        except ValueError:
-            logger.warning("%s: unreadable agent line %r", self._name, line[:200])
-            return
+        except (ValueError, RecursionError):
+            raise _Violation("an unreadable line", line) from None
+        if type(message) is not dict:
+            raise _Violation("a line that is not a JSON object", line)
         request_id = message.get("id")
-        if request_id is None:
-            request_id = message.get("params", {}).get("id")
-        stream = self._pending.get(request_id)
-        if stream is not None:
-            try:
-                stream.send_nowait(message)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass
+        if request_id is None:  # a notification: {"method": m, "params": {"id": n, ...}}
+            params = message.get("params")
+            if type(message.get("method")) is not str or type(params) is not dict or len(line) > NOTIFICATION_MAX:
+                raise _Violation("a malformed notification", line)
+            call = self._pending.get(self._issued(params.get("id"), line))
+            if call is not None:
+                try:
+                    call.notes.send_nowait(message)
+                except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    pass  # progress is best effort: a caller that cannot keep up misses some
+            return
+        if "error" in message:
+            error = message["error"]
+            if "result" in message or type(error) is not dict or type(error.get("code")) is not str \
+                    or type(error.get("message")) is not str:
+                raise _Violation("a malformed error", line)
+        elif type(message.get("result")) is not dict:
+            raise _Violation("an answer without a result", line)
+        # Answers to calls that gave up (cancelled, past their deadline) still arrive: dropped.
+        call = self._pending.pop(self._issued(request_id, line), None)
+        if call is not None:
+            call.answer = message
+            call.notes.close()
+
+    def _issued(self, request_id: Any, line: bytes) -> int:
+        if type(request_id) is not int or not 0 < request_id <= self._next_id:
+            raise _Violation("a message for a request that was never sent", line)
+        return request_id
 
     def close(self, reason: str) -> None:
+        """Fail every call in flight; the sandbox's watcher then removes the sandbox."""
         if self._closed_reason is None:
             self._closed_reason = reason
-        for stream in self._pending.values():
-            stream.close()
+        self._closed.set()
+        for call in self._pending.values():
+            call.notes.close()
         self._pending.clear()
 
-    async def request(self, method: str, params: dict[str, Any], notify: Notify | None = None) -> Any:
-        """Send a request and wait for its answer, passing notifications to ``notify``."""
+    async def request(
+        self, method: str, params: dict[str, Any], notify: Notify | None = None, *, timeout: float
+    ) -> Any:
+        """Send a request and wait for its answer, passing notifications to ``notify``. Past
+        ``timeout`` seconds the call fails with BACKEND_UNAVAILABLE and the agent is told to cancel it."""
         if self._closed_reason is not None:
             raise SandboxError("BACKEND_UNAVAILABLE", f"{self._closed_reason}; create a new sandbox")
         self._next_id += 1
         request_id = self._next_id
-        send, receive = anyio.create_memory_object_stream[dict[str, Any]](float("inf"))
-        self._pending[request_id] = send
-        answered = False
+        send, receive = anyio.create_memory_object_stream[dict[str, Any]](NOTIFICATIONS_QUEUED)
+        call = _Call(send)
+        self._pending[request_id] = call
         try:
-            await self._write({"id": request_id, "method": method, "params": params})
-            async with receive:
-                async for message in receive:
-                    if "method" in message:
+            with anyio.move_on_after(timeout):
+                await self._write({"id": request_id, "method": method, "params": params})
+                async with receive:
+                    async for message in receive:  # until the answer closes the stream
                         if notify is not None:
                             await notify(message["method"], message["params"])
-                        continue
-                    answered = True
-                    if "error" in message:
-                        error = message["error"]
-                        raise SandboxError(error.get("code", "INTERNAL"), error.get("message", "agent error"))
-                    return message.get("result")
-            raise SandboxError("BACKEND_UNAVAILABLE", f"{self._closed_reason}; create a new sandbox")
+            answer = call.answer
+            if answer is None:
+                if self._closed_reason is not None:
+                    raise SandboxError("BACKEND_UNAVAILABLE", f"{self._closed_reason}; create a new sandbox")
+                raise SandboxError(
+                    "BACKEND_UNAVAILABLE",
+                    f"the sandbox did not answer {method} within {timeout:g} s (its time limit plus a grace); "
+                    "it was told to stop it. If the sandbox stays unresponsive, destroy it and create a new one",
+                )
+            if "error" in answer:
+                error = answer["error"]
+                if error["code"] == "CANCELLED":  # the agent is stopping: it cancels what runs
+                    raise SandboxError("BACKEND_UNAVAILABLE", "the sandbox stopped while this call ran")
+                raise SandboxError(error["code"] if error["code"] in ERROR_CODES else "INTERNAL", error["message"])
+            return answer["result"]
         finally:
             self._pending.pop(request_id, None)
-            if not answered and self._closed_reason is None:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await self._write({"method": "cancel", "params": {"id": request_id}})
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                        pass
+            if call.answer is None and self._closed_reason is None:
+                await self._cancel(request_id)
+
+    async def _cancel(self, request_id: int) -> None:
+        """Tell the agent to stop a call we no longer wait for; an agent that does not even take
+        that within a few seconds no longer reads its requests, and its sandbox is ended."""
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(CANCEL_TIMEOUT) as scope:
+                try:
+                    await self._write({"method": "cancel", "params": {"id": request_id}})
+                except SandboxError:
+                    pass  # the agent is gone: the channel is closed already
+            if scope.cancelled_caught:
+                logger.warning("%s: the agent takes no requests any more; stopping the sandbox", self._name)
+                self.close("the sandbox's agent stopped taking requests, so the sandbox was stopped")
 
     async def _write(self, message: dict[str, Any]) -> None:
         data = encode_request(message)

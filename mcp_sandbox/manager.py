@@ -21,6 +21,7 @@ from anyio.abc import TaskGroup
 from . import tenants
 from .agent.names import env_problem
 from .backends.base import AgentConfig, Backend, SandboxSpec
+from .agent.protocol import line_limit
 from .channel import AgentChannel
 from .errors import SandboxError
 from .sandbox import Sandbox
@@ -134,7 +135,7 @@ class SandboxManager:
         finally:
             self._spares_starting -= 1
         if self._stopping:  # destroy_all ran while it started
-            await self._remove(sandbox)
+            await self._quietly(self._remove(sandbox), sandbox.id)
         else:
             self._spares.append(sandbox)
 
@@ -158,16 +159,17 @@ class SandboxManager:
                 },
             ),
         )
-        channel = AgentChannel(handle.receive, handle.send, sandbox_id)
-        sandbox = Sandbox(sandbox_id, self.backend.name, handle, channel, network)
+        channel = AgentChannel(handle.receive, handle.send, sandbox_id, line_limit(self.settings.max_output))
+        sandbox = Sandbox(
+            sandbox_id, self.backend.name, handle, channel, network, command_timeout=self.settings.command_timeout
+        )
         sandbox.tenant = tenant or ""
         if not spare:
             self.sandboxes[sandbox_id] = sandbox
         self._task_group.start_soon(self._watch, sandbox)
         try:
-            with anyio.fail_after(AGENT_START_TIMEOUT):
-                await channel.request("hello", {})
-        except (SandboxError, TimeoutError) as exc:
+            await channel.request("hello", {}, timeout=AGENT_START_TIMEOUT)
+        except SandboxError as exc:
             await self._discard(sandbox)
             raise SandboxError(
                 "BACKEND_UNAVAILABLE", f"the sandbox agent did not start ({exc}); check the server log"
@@ -189,18 +191,36 @@ class SandboxManager:
         )
 
     async def _watch(self, sandbox: Sandbox) -> None:
+        """Read the sandbox's channel, and remove the sandbox when the channel closes, whatever
+        closed it. Nothing here may raise: this task group is the server's, and one sandbox must
+        not end it."""
         async with anyio.create_task_group() as tg:
+            tg.start_soon(self._read, sandbox)
+            disk_watch = anyio.CancelScope()
             if sandbox.handle.disk is not None:
-                tg.start_soon(sandbox.handle.disk.watch, functools.partial(self._over_limit, sandbox))
+                tg.start_soon(self._watch_disk, sandbox, disk_watch)
+            await sandbox.channel.wait_closed()
+            disk_watch.cancel()
+            if self.sandboxes.get(sandbox.id) is sandbox:
+                logger.warning("sandbox %s of tenant %s stopped unexpectedly; removing it", sandbox.id, sandbox.tenant)
+                await self._quietly(self.destroy(sandbox.id), sandbox.id)
+            elif sandbox in self._spares:
+                logger.warning("warm sandbox %s stopped unexpectedly; removing it", sandbox.id)
+                self._spares.remove(sandbox)
+                await self._quietly(self._remove(sandbox), sandbox.id)
+            # The reader runs on until the removal ends the sandbox's stream.
+
+    async def _watch_disk(self, sandbox: Sandbox, scope: anyio.CancelScope) -> None:
+        assert sandbox.handle.disk is not None
+        with scope:
+            await sandbox.handle.disk.watch(functools.partial(self._over_limit, sandbox))
+
+    async def _read(self, sandbox: Sandbox) -> None:
+        try:
             await sandbox.channel.run()
-            tg.cancel_scope.cancel()
-        if self.sandboxes.get(sandbox.id) is sandbox:
-            logger.warning("sandbox %s of tenant %s stopped unexpectedly; removing it", sandbox.id, sandbox.tenant)
-            await self.destroy(sandbox.id)
-        elif sandbox in self._spares:
-            logger.warning("warm sandbox %s stopped unexpectedly; removing it", sandbox.id)
-            self._spares.remove(sandbox)
-            await self._remove(sandbox)
+        except Exception:
+            logger.exception("sandbox %s: reading its channel failed", sandbox.id)
+            sandbox.channel.close("the server could not read the sandbox's agent, so the sandbox was stopped")
 
     async def _over_limit(self, sandbox: Sandbox, reason: str) -> None:
         """Stop everything in a sandbox over a limit; one that does not stop is destroyed."""

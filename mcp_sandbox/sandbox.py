@@ -14,6 +14,7 @@ import anyio
 from .agent.names import params_problem
 from .backends.base import AgentHandle
 from .channel import AgentChannel, Base64Text
+from .deadlines import Turns, deadline, turn
 from .errors import SandboxError
 from .models import (
     CodeContextCreated,
@@ -48,6 +49,8 @@ OutputCallback = Callable[[str, str, int], Awaitable[None]]
 # Bytes per message when files move between host and agent (base64 in JSON: 1.33x on the wire).
 CHUNKS_IN_FLIGHT = 4
 FILE_CHUNK = 1 << 20
+# How long the agent may take to stop everything in the sandbox (a disk or other limit).
+STOP_TIMEOUT = 10.0
 
 Bytes = bytes | bytearray | memoryview
 
@@ -66,7 +69,10 @@ def _process(data: dict[str, Any]) -> dict[str, Any]:
 
 
 class Sandbox:
-    def __init__(self, sandbox_id: str, backend: str, handle: AgentHandle, channel: AgentChannel, network: bool) -> None:
+    def __init__(
+        self, sandbox_id: str, backend: str, handle: AgentHandle, channel: AgentChannel, network: bool,
+        *, command_timeout: float,
+    ) -> None:
         self.id = sandbox_id
         self.backend = backend
         self.handle = handle
@@ -79,6 +85,9 @@ class Sandbox:
         # Why everything running was last stopped by the host (a limit), and how often.
         self.stopped_for: str | None = None
         self._stops = 0
+        self._command_timeout = command_timeout
+        self._session_timeouts: dict[str, float] = {}  # each session's exec timeout, for deadlines
+        self._turns = Turns()
 
     @property
     def isolation(self) -> str:
@@ -89,13 +98,18 @@ class Sandbox:
         return self.handle.workspace
 
     async def call(self, method: str, params: dict[str, Any], notify: Any = None) -> Any:
-        """One agent request; counts as use of the sandbox while it runs (for idle expiry)."""
+        """One agent request, within its deadline; counts as use of the sandbox while it runs (for
+        idle expiry)."""
         problem = params_problem(params)  # the agent checks too; a bad name never leaves the host
         if problem is not None:
             raise SandboxError("INVALID_ARGUMENT", problem)
+        params = {k: v for k, v in params.items() if v is not None}
         self.active_calls += 1
         try:
-            return await self.channel.request(method, {k: v for k, v in params.items() if v is not None}, notify)
+            async with self._turns.take(turn(method, params)):
+                session = str(params.get("session_id") or "default")
+                seconds = deadline(method, params, self._session_timeouts.get(session, self._command_timeout))
+                return await self.channel.request(method, params, notify, timeout=seconds)
         finally:
             self.active_calls -= 1
             self.last_used_at = time.time()
@@ -105,7 +119,7 @@ class Sandbox:
         ``LIMIT_REACHED: reason``."""
         self.stopped_for = reason
         self._stops += 1
-        await self.channel.request("stop_all", {})
+        await self.channel.request("stop_all", {}, timeout=STOP_TIMEOUT)
 
     async def _stoppable(self, method: str, params: dict[str, Any], notify: Any) -> Any:
         """A call that the host's stop_all turns into LIMIT_REACHED if it ran meanwhile."""
@@ -149,7 +163,9 @@ class Sandbox:
         timeout: float | None = None,
     ) -> SessionCreated:
         result = await self.call("create_session", {"session_id": session_id, "cwd": cwd, "env": env, "timeout": timeout})
-        return SessionCreated.model_validate(result)
+        created = SessionCreated.model_validate(result)
+        self._session_timeouts[created.session_id] = timeout or self._command_timeout
+        return created
 
     async def list_sessions(self) -> SessionList:
         result = await self.call("list_sessions", {})
@@ -164,7 +180,9 @@ class Sandbox:
         )
 
     async def delete_session(self, session_id: str) -> SessionDeleted:
-        return SessionDeleted.model_validate(await self.call("delete_session", {"session_id": session_id}))
+        deleted = SessionDeleted.model_validate(await self.call("delete_session", {"session_id": session_id}))
+        self._session_timeouts.pop(session_id, None)
+        return deleted
 
     async def set_env_vars(self, env: dict[str, str | None], session_id: str | None = None) -> EnvVarsSet:
         return EnvVarsSet.model_validate(await self.call("set_env_vars", {"env": env, "session_id": session_id}))

@@ -32,6 +32,7 @@ from mcp_sandbox.errors import SandboxError
 from mcp_sandbox.manager import make_backend
 
 from .conftest import DOCKER_IMAGE, Tools, require_backend, settings_for
+from .test_hostile_agent import OPEN_EVERY_FD, agent_pid, channel_pipes
 
 pytestmark = pytest.mark.anyio
 
@@ -174,6 +175,11 @@ async def test_root_in_a_sandbox_owns_files_but_holds_nothing_more(manager_facto
         assert r.exit_code != 0 and "PermissionError" in r.stderr
         r = await sandbox.exec("hostname other")
         assert r.exit_code != 0
+        # Not even root in the sandbox (DAC_OVERRIDE, no SYS_PTRACE) opens the agent's channel.
+        channel = set(channel_pipes(agent_pid(sandbox)).values())
+        report = json.loads((await sandbox.exec("python3 - 1", stdin=OPEN_EVERY_FD)).stdout)
+        opened = {inode for _, _, inode, _ in report if inode is not None}
+        assert opened and not opened & channel
 
 
 async def test_default_limits(mcp: Tools, client: Any) -> None:
@@ -185,7 +191,7 @@ async def test_default_limits(mcp: Tools, client: Any) -> None:
     assert int(quota) == int(period)
     host_config = client.api.inspect_container(of_sandbox(client, sid)[0]["Id"])["HostConfig"]
     assert host_config["NetworkMode"] == "none"
-    assert host_config["Init"] is True
+    assert not host_config["Init"]  # the agent is pid 1: docker-init would hold its channel
     assert host_config["AutoRemove"] is True
     assert host_config["SecurityOpt"] == ["no-new-privileges"]
     assert host_config["CapDrop"] == ["ALL"]

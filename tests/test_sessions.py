@@ -81,6 +81,7 @@ async def test_delete_session_kills_its_running_command(mcp: Tools) -> None:
         async def run() -> None:
             r = await mcp.raw("exec", command=f"echo started > d.txt; sleep 300.{N}; echo done >> d.txt", session_id="doomed")
             assert r.is_error  # the session went away under the command
+            assert "SESSION_NOT_FOUND: session 'doomed' was deleted while this command ran" in r.content[0].text
 
         tg.start_soon(run)
         await anyio.sleep(0.7)

@@ -33,13 +33,14 @@ _PR_SET_CHILD_SUBREAPER = 36
 FileArg = Union[int, IO[Any], None]
 
 
-def prctl(option: int, value: int) -> None:
+def prctl(option: int, value: int) -> bool:
+    """Whether it worked: minimal images may lack ctypes, so every use is best effort."""
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
-    except (ImportError, OSError, AttributeError):  # minimal images may lack ctypes; best effort
-        pass
+        return int(ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)) == 0
+    except (ImportError, OSError, AttributeError):
+        return False
 
 
 class Children:

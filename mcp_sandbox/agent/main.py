@@ -17,7 +17,7 @@ from .children import _PR_SET_DUMPABLE, _PR_SET_PDEATHSIG, Children, prctl
 from .jobs import Jobs
 from .pipes import enlarge_pipe
 from .processes import Processes
-from .protocol import Connection, Handler, Request
+from .protocol import Connection, Handler, Request, line_limit
 from .sessions import Sessions
 
 if TYPE_CHECKING:
@@ -42,8 +42,17 @@ def main() -> None:
     os.dup2(devnull, 0)
     os.dup2(2, 1)
     os.close(devnull)
-    # Without a pid namespace nothing else ends the sandbox when the server dies.
-    prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    # The channel is the host's only door into the sandbox: code in the sandbox runs as our user,
+    # and could otherwise open our pipes through /proc/<pid>/fd and write to the host or read its
+    # requests. Not dumpable, only a process with CAP_SYS_PTRACE may open them, and sandboxes have
+    # none. Dumpable comes back with every exec, so what we start is unaffected.
+    if not prctl(_PR_SET_DUMPABLE, 0):
+        sys.stderr.write("mcp-sandbox agent: prctl(PR_SET_DUMPABLE, 0) failed; code in the sandbox can reach the channel\n")
+    if os.getpid() != 1:
+        # Without a pid namespace nothing else ends the sandbox when the server dies. As the
+        # namespace's pid 1 (bubblewrap, Docker) the backend's own rule applies: bubblewrap's
+        # SIGKILL when the server dies, which takes the whole namespace with it.
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     apply_rlimits(config.get("rlimits") or {})
     # A handler, not SIG_IGN: an ignored signal stays ignored in every child after exec, and then
     # neither kill_process's INT nor a command's own trap on INT would work.
@@ -148,7 +157,7 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
         "list_code_contexts": simple(lambda p: contexts().list()),
         "delete_code_context": simple(lambda p: contexts().delete(p["context_id"])),
     }
-    connection = Connection(in_fd, out_fd, handlers)
+    connection = Connection(in_fd, out_fd, handlers, line_limit(config["max_output"]))
     stopping = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, _set_once, stopping)

@@ -38,6 +38,18 @@ class Request:
 
 Handler = Callable[[Request], Awaitable[Any]]
 
+# The host stops a sandbox whose agent sends a longer line (channel.py), so the agent never does:
+# room for a file chunk or an image read whole (5 MiB as base64), and for the two output streams
+# of max_output characters each, escaped in JSON (up to 6 bytes a character).
+LINE_BASE = 8 << 20
+# Notifications (command output while it runs) are small; the host holds a few per call at most.
+NOTIFICATION_MAX = 1 << 20
+
+
+def line_limit(max_output: int) -> int:
+    """The longest line either end accepts from the agent, for a given --max-output."""
+    return LINE_BASE + 12 * max_output
+
 
 class Base64Text(str):
     """Base64, which needs no escaping in JSON: as a result's ``data`` (file chunks of up to
@@ -61,10 +73,11 @@ def encode(message: Dict[str, Any]) -> bytes:
 class Connection:
     """Reads requests, runs each in its own task, writes responses; cancel kills a task."""
 
-    def __init__(self, in_fd: int, out_fd: int, handlers: Dict[str, Handler]) -> None:
+    def __init__(self, in_fd: int, out_fd: int, handlers: Dict[str, Handler], max_line: int) -> None:
         self._in_fd = in_fd
         self._out_fd = out_fd
         self._handlers = handlers
+        self._max_line = max_line
         self._tasks: Dict[int, "asyncio.Task[None]"] = {}
         self._writer: Optional[asyncio.StreamWriter] = None
         self._out_buffer: List[bytes] = []
@@ -119,6 +132,14 @@ class Connection:
 
     def send(self, message: Dict[str, Any]) -> None:
         data = encode(message)
+        if len(data) > (self._max_line if "id" in message else NOTIFICATION_MAX):
+            if "id" not in message:
+                return  # progress is best effort
+            # E.g. run_code displaying a huge image: the call fails, the sandbox lives on.
+            data = encode({"id": message["id"], "error": {"code": "LIMIT_REACHED", "message": (
+                "the answer was %.1f MB, more than the %.0f MB a sandbox may send at once; return less "
+                "(write big results to a file and read it in parts)" % (len(data) / 1e6, self._max_line / 1e6)
+            )}})
         if self._writer is None:
             self._out_buffer.append(data)
         elif not self._writer.transport.is_closing():

@@ -396,6 +396,10 @@ class Sessions:
             session.last_used_at = time.time()
             try:
                 return await self._run(request, session, command, env, cwd, stdin, float(timeout))
+            except asyncio.CancelledError:
+                if self.sessions.get(session.id) is not session:  # delete_session cancelled it
+                    raise AgentError("SESSION_NOT_FOUND", "session %r was deleted while this command ran" % session.id)
+                raise
             finally:
                 session.running = None
                 session.last_used_at = time.time()

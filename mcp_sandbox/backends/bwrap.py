@@ -161,6 +161,9 @@ class Bubblewrap:
         isolation += [
             "--unshare-all", "--hostname", "sandbox", "--die-with-parent", "--new-session",
             "--cap-drop", "ALL", "--chdir", "/workspace",
+            # The agent is pid 1: bubblewrap's own init would hold the channel's pipes where any
+            # process in the sandbox could open them (/proc/1/fd), and the agent reaps orphans itself.
+            "--as-pid-1",
         ]
         view = self.view(directory)
         reports = [] if info_fd is None else ["--info-fd", str(info_fd)]

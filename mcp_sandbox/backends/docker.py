@@ -2,13 +2,13 @@
 
 A sandbox's container is created with its stdin, stdout and stderr attached before it starts, and
 the agent package is sent down its stdin as the first thing (no ``put_archive``, which costs a
-sizeable part of a start, and a remote engine works too); the agent then runs
-under ``docker-init`` as the container's main process and that one attached socket is the whole
-channel, so an ``exec`` is one round trip on an open connection, never a ``docker exec``. The
-container has ``StdinOnce`` set: when the server's end of the socket closes, even because the
-server was killed, the engine closes the agent's stdin, the agent exits with everything it started,
-and the engine removes the container (``auto_remove``). Every container is labelled with the server
-instance that owns it, and a server removes at start what servers that are gone left behind.
+sizeable part of a start, and a remote engine works too); the agent then runs as the container's
+main process (pid 1) and that one attached socket is the whole channel, so an ``exec`` is one round
+trip on an open connection, never a ``docker exec``. The container has ``StdinOnce`` set: when the
+server's end of the socket closes, even because the server was killed, the engine closes the
+agent's stdin, the agent exits with everything it started, and the engine removes the container
+(``auto_remove``). Every container is labelled with the server instance that owns it, and a server
+removes at start what servers that are gone left behind.
 
 The ``docker`` package is imported only when this backend is used, so servers without Docker
 start fast.
@@ -463,7 +463,7 @@ class DockerBackend:
             container_id = await anyio.to_thread.run_sync(self._create, spec, image, agent_config, network)
         stream: ContainerStream | None = None
         try:
-            sock = await anyio.to_thread.run_sync(self._attach_and_start, container_id)
+            sock = await anyio.to_thread.run_sync(self._attach_and_start, container_id, image)
             stream = ContainerStream(await wrap_attach_socket(sock), spec.sandbox_id)
             await stream.send(self._bundle)
             handle = DockerAgent(stream, self.client, container_id, self.isolation)
@@ -480,7 +480,9 @@ class DockerBackend:
         s = self.settings
         api = self.client.api
         host_config = api.create_host_config(
-            init=True,  # reaps zombies, and the agent is not pid 1 with its odd signal rules
+            # No docker-init: it would hold the channel's pipes where any process in the sandbox
+            # could open them (/proc/1/fd). The agent is pid 1 and reaps orphans itself.
+            init=False,
             auto_remove=True,
             network_mode=None if network else "none",
             cap_drop=["ALL"],
@@ -520,7 +522,7 @@ class DockerBackend:
             ) from exc
         return str(container["Id"])
 
-    def _attach_and_start(self, container_id: str) -> Any:
+    def _attach_and_start(self, container_id: str, image: str) -> Any:
         api = self.client.api
         try:
             # Attached before the start, so nothing the agent writes is lost.
@@ -531,6 +533,13 @@ class DockerBackend:
                 sock.close()
                 raise
         except _docker().errors.DockerException as exc:
+            if "python3" in str(exc):  # the entrypoint itself: "executable file not found"
+                raise SandboxError(
+                    "BACKEND_UNAVAILABLE",
+                    f"the sandbox image {image!r} has no python3, which the sandbox agent needs (Python >= 3.8); "
+                    f"use an image with python3 (--image), e.g. {PROJECT_IMAGE} ('mcp-sandbox image build') "
+                    f"or {FALLBACK_IMAGE}",
+                ) from exc
             raise SandboxError("BACKEND_UNAVAILABLE", f"Docker could not start the sandbox container ({exc})") from exc
         return sock
 
@@ -551,13 +560,6 @@ class DockerBackend:
         except TimeoutError:
             problem = f"it did not answer within {HELLO_TIMEOUT:.0f} s"
         stderr = handle.stream.stderr_tail.decode("utf-8", "replace").strip()
-        if "python3" in stderr and ("No such file" in stderr or "not found" in stderr):
-            raise SandboxError(
-                "BACKEND_UNAVAILABLE",
-                f"the sandbox image {image!r} has no python3, which the sandbox agent needs (Python >= 3.8); "
-                f"use an image with python3 (--image), e.g. {PROJECT_IMAGE} ('mcp-sandbox image build') "
-                f"or {FALLBACK_IMAGE}",
-            )
         raise SandboxError(
             "BACKEND_UNAVAILABLE",
             f"the sandbox agent did not start in image {image!r}: {problem}"
