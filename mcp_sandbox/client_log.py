@@ -8,7 +8,9 @@ each record of the ``mcp_sandbox`` loggers at or above that level reaches it as 
 - a record made while serving one of its requests (a sandbox created without isolation, the
   progress of an image pull) goes to that client only, on that request, before its answer;
 - a record of the server's own doing (a sandbox that expired or stopped unexpectedly) goes to
-  every client that set a level with ``logging/setLevel``.
+  every client of the sandbox's tenant that set a level with ``logging/setLevel`` (records that
+  name no tenant: to the clients of the single tenant of a server without a tokens file), so no
+  tenant hears of another's sandboxes.
 
 Records are made at the server's --log-level and above, so a client's ``debug`` sees no more than
 the server logs.
@@ -32,6 +34,8 @@ from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from . import tenants
 
 # MCP's levels (RFC 5424) on Python's scale.
 LEVELS: dict[str, int] = {
@@ -85,7 +89,7 @@ class Request:
     flushed: anyio.Event | None = None
 
 
-Record = tuple[int, str, str, Request | None]  # level number, logger, message, request
+Record = tuple[int, str, str, Request | None, str]  # level number, logger, message, request, tenant
 
 
 class ClientLog(logging.Handler):
@@ -94,6 +98,7 @@ class ClientLog(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
         self.levels: dict[Connection, int] = {}  # logging/setLevel, per connection
+        self.tenants: dict[Connection, str | None] = {}  # whom each connection acts for
         self._guard = threading.Lock()  # levels is read from whatever thread logs
         self._users = 0
         self._loop_thread: int | None = None
@@ -115,6 +120,7 @@ class ClientLog(logging.Handler):
         with self._guard:
             first = connection not in self.levels
             self.levels[connection] = LEVELS[params.level]
+            self.tenants[connection] = tenants.current.get()
         if first:
             connection.exit_stack.callback(self._forget, connection)
         return types.EmptyResult()
@@ -122,6 +128,7 @@ class ClientLog(logging.Handler):
     def _forget(self, connection: Connection) -> None:
         with self._guard:
             self.levels.pop(connection, None)
+            self.tenants.pop(connection, None)
 
     async def serve_request(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         """Middleware: mark what a request's work logs as its own, and send it before the answer."""
@@ -164,7 +171,9 @@ class ClientLog(logging.Handler):
                 wanted = request.level if request.level is not None else self.levels.get(request.connection)
         if wanted is None or record.levelno < wanted or self._call_soon is None:
             return
-        item: Record = (record.levelno, record.name, record.getMessage(), request)
+        item: Record = (
+            record.levelno, record.name, record.getMessage(), request, getattr(record, "tenant", tenants.SINGLE)
+        )
         try:
             if threading.get_ident() == self._loop_thread:
                 self._queue(item)
@@ -212,11 +221,11 @@ class ClientLog(logging.Handler):
 
     async def _forward(self, receive: MemoryObjectReceiveStream[Record]) -> None:
         async with receive:
-            async for levelno, name, message, request in receive:
+            async for levelno, name, message, request, tenant in receive:
                 params = types.LoggingMessageNotificationParams(level=mcp_level(levelno), logger=name, data=message)
                 with anyio.move_on_after(SEND_TIMEOUT):
                     if request is None or request.done:
-                        await self._broadcast(levelno, params)
+                        await self._broadcast(levelno, tenant, params)
                     else:
                         await request.ctx.session.send_notification(
                             types.LoggingMessageNotification(params=params), related_request_id=request.ctx.request_id
@@ -226,8 +235,8 @@ class ClientLog(logging.Handler):
                     if request.queued == 0 and request.flushed is not None:
                         request.flushed.set()
 
-    async def _broadcast(self, levelno: int, params: types.LoggingMessageNotificationParams) -> None:
+    async def _broadcast(self, levelno: int, tenant: str, params: types.LoggingMessageNotificationParams) -> None:
         with self._guard:
-            targets = [c for c, wanted in self.levels.items() if levelno >= wanted]
+            targets = [c for c, wanted in self.levels.items() if levelno >= wanted and self.tenants.get(c) == tenant]
         for connection in targets:
             await connection.notify("notifications/message", params.model_dump(by_alias=True, exclude_none=True))

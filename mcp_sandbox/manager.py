@@ -202,7 +202,10 @@ class SandboxManager:
             await sandbox.channel.wait_closed()
             disk_watch.cancel()
             if self.sandboxes.get(sandbox.id) is sandbox:
-                logger.warning("sandbox %s of tenant %s stopped unexpectedly; removing it", sandbox.id, sandbox.tenant)
+                logger.warning(
+                    "sandbox %s of tenant %s stopped unexpectedly; removing it", sandbox.id, sandbox.tenant,
+                    extra=tenants.of(sandbox.tenant),
+                )
                 await self._quietly(self.destroy(sandbox.id), sandbox.id)
             elif sandbox in self._spares:
                 logger.warning("warm sandbox %s stopped unexpectedly; removing it", sandbox.id)
@@ -224,12 +227,12 @@ class SandboxManager:
 
     async def _over_limit(self, sandbox: Sandbox, reason: str) -> None:
         """Stop everything in a sandbox over a limit; one that does not stop is destroyed."""
-        logger.warning("sandbox %s: %s", sandbox.id, reason)
+        logger.warning("sandbox %s: %s", sandbox.id, reason, extra=tenants.of(sandbox.tenant))
         try:
             with anyio.fail_after(10):
                 await sandbox.stop_all(reason)
         except (SandboxError, TimeoutError):
-            logger.warning("sandbox %s did not stop; destroying it", sandbox.id)
+            logger.warning("sandbox %s did not stop; destroying it", sandbox.id, extra=tenants.of(sandbox.tenant))
             await self._discard(sandbox)
 
     async def _expire_idle(self) -> None:
@@ -241,7 +244,8 @@ class SandboxManager:
             for sandbox in list(self.sandboxes.values()):
                 if sandbox.active_calls == 0 and sandbox.last_used_at < cutoff:
                     logger.info(
-                        "sandbox %s of tenant %s was idle for %.0f s; destroying it", sandbox.id, sandbox.tenant, idle
+                        "sandbox %s of tenant %s was idle for %.0f s; destroying it", sandbox.id, sandbox.tenant, idle,
+                        extra=tenants.of(sandbox.tenant),
                     )
                     await self._quietly(self.destroy(sandbox.id), sandbox.id)
 
@@ -302,7 +306,7 @@ class SandboxManager:
         if self._default_ids.get(sandbox.tenant) == sandbox_id:
             del self._default_ids[sandbox.tenant]
         await self._remove(sandbox)
-        logger.info("destroyed sandbox %s of tenant %s", sandbox_id, sandbox.tenant)
+        logger.info("destroyed sandbox %s of tenant %s", sandbox_id, sandbox.tenant, extra=tenants.of(sandbox.tenant))
         self._refill_spares()  # room under --max-sandboxes again
 
     async def _discard(self, sandbox: Sandbox) -> None:

@@ -24,6 +24,12 @@ MIN_TOKEN_LENGTH = 16
 current: ContextVar[str | None] = ContextVar("mcp_sandbox_tenant", default=SINGLE)
 
 
+def of(tenant: str) -> dict[str, str]:
+    """``extra`` for a log record about a tenant's sandbox: client_log sends it to that tenant's
+    clients only."""
+    return {"tenant": tenant}
+
+
 def _digest(value: bytes) -> bytes:
     # Compared as digests: equal lengths, so the comparison's time says nothing about a token.
     return hashlib.sha256(value).digest()
@@ -77,6 +83,8 @@ def read_tokens_file(path: Path) -> dict[str, str]:
             problem = "want 'name token', two fields separated by spaces"
         elif not ID_PATTERN.fullmatch(fields[0]):
             problem = f"tenant name {fields[0]!r} is not 1-64 letters, digits, '_', '.' or '-'"
+        elif fields[0] == SINGLE:
+            problem = f"{SINGLE!r} is the name of the single tenant of a server without a tokens file; choose another"
         elif len(fields[1]) < MIN_TOKEN_LENGTH:
             problem = f"the token is shorter than {MIN_TOKEN_LENGTH} characters; make one with openssl rand -hex 32"
         elif fields[1] in tokens:

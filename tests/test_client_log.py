@@ -77,13 +77,13 @@ async def test_set_level_and_events_at_the_chosen_level(tmp_path: Path, caplog: 
         # A sandbox that stops unexpectedly: the server's own doing, sent as it happens.
         sid = (await mcp("create_sandbox"))["sandbox_id"]
         os.kill(manager.sandboxes[sid].handle.process.pid, signal.SIGKILL)  # type: ignore[attr-defined]
-        assert (await messages.wait_for(f"sandbox {sid} stopped unexpectedly")).level == "warning"
+        assert (await messages.wait_for(f"sandbox {sid} of tenant default stopped unexpectedly")).level == "warning"
         # Info records are below the level chosen: none arrives ...
         assert not any("destroyed sandbox" in t for t in messages.texts())
         # ... until the client asks for info, and sees an idle sandbox expire.
         await set_level(mcp.client, "info")
         idle = (await mcp("create_sandbox"))["sandbox_id"]
-        assert (await messages.wait_for(f"sandbox {idle} was idle")).level == "info"
+        assert (await messages.wait_for(f"sandbox {idle} of tenant default was idle")).level == "info"
         # error and above: a new unisolated sandbox is no longer worth a message.
         await set_level(mcp.client, "error")
         count = len(messages.received)

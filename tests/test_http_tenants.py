@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 import httpx2
 import pytest
 from mcp.client import Client
@@ -113,6 +114,7 @@ async def test_each_token_sees_uses_and_lists_only_its_own_sandboxes(tmp_path: P
         (f"alice {ALICE}\nbob short\n", "shorter than"),
         (f"alice {ALICE}\nbob {ALICE}\n", "same as"),
         ("# nothing\n", "no 'name token' lines"),
+        (f"default {ALICE}\n", "single tenant"),
     ],
 )
 def test_a_bad_tokens_file_is_one_error_line_and_exit_status_2(tmp_path: Path, text: str, problem: str) -> None:
@@ -161,3 +163,31 @@ async def test_docker_containers_carry_their_tenant(tmp_path: Path) -> None:
         # Outside any request the tenant is the single one: alice's sandbox is not found.
         with pytest.raises(Exception, match="SANDBOX_NOT_FOUND"):
             await manager.get(sandbox.id)
+
+
+@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+async def test_log_messages_about_a_sandbox_reach_only_its_tenant(tmp_path: Path) -> None:
+    from .test_client_log import Messages, set_level
+
+    path = tokens_file(tmp_path, f"alice {ALICE}\nbob {BOB}\n")
+    proc, url = start_at(tmp_path / "root", "127.0.0.1", "--auth-tokens-file", str(path), "--idle-timeout", "1")
+    alice_heard, bob_heard = Messages(), Messages()
+    try:
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {ALICE}"}) as a_http, httpx2.AsyncClient(
+            headers={"Authorization": f"Bearer {BOB}"}
+        ) as b_http:
+            async with Client(
+                streamable_http_client(url, http_client=a_http), mode="legacy", logging_callback=alice_heard
+            ) as alice, Client(
+                streamable_http_client(url, http_client=b_http), mode="legacy", logging_callback=bob_heard
+            ) as bob:
+                await set_level(alice, "info")
+                await set_level(bob, "info")
+                created = await alice.call_tool("create_sandbox", {})
+                assert created.structured_content is not None
+                sandbox_id = created.structured_content["sandbox_id"]
+                await alice_heard.wait_for(f"sandbox {sandbox_id} of tenant alice was idle")
+                await anyio.sleep(0.5)
+                assert not any(sandbox_id in text for text in bob_heard.texts()), bob_heard.texts()
+    finally:
+        stop(proc)
