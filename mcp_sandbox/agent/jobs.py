@@ -68,37 +68,40 @@ class Jobs:
     def kill_all_but(self, tag_prefix: str, keep: Set[str]) -> int:
         """SIGKILL the jobs whose tag starts with ``tag_prefix`` and is not one of ``keep``; how
         many processes they held."""
-        killed = 0
+        killed: Set[int] = set()
         for name, tag in list(self._tags.items()):
             if tag.startswith(tag_prefix) and tag not in keep:
-                killed += len(self.members(name))
-                self._signal(name, signal.SIGKILL)
+                killed |= self._signal(name, signal.SIGKILL)
                 if self._finished.get(name):
                     self._remove(name)
-        return killed
+        return len(killed)
 
-    def _signal(self, name: str, sig: int) -> None:
+    def _signal(self, name: str, sig: int) -> Set[int]:
+        """Signal the job's processes; the pids it found there."""
+        found = set(self.members(name))
         if sig == signal.SIGKILL and self._v2:
             try:
                 fd = os.open(name + "/cgroup.kill", os.O_WRONLY, dir_fd=self._fd)
                 try:
                     os.write(fd, b"1")  # all of them at once; none can fork away meanwhile
-                    return
+                    return found
                 finally:
                     os.close(fd)
             except OSError:
                 pass  # before Linux 5.14: one by one, as on v1
         # With SIGKILL, again until none is left: one forking while we kill lands in the same cgroup.
-        for _ in range(200 if sig == signal.SIGKILL else 1):
-            pids = self.members(name)
+        for round in range(200 if sig == signal.SIGKILL else 1):
+            pids = self.members(name) if round else sorted(found)
+            found.update(pids)
             for pid in pids:
                 try:
                     os.kill(pid, sig)
                 except OSError:
                     pass
             if not pids or sig != signal.SIGKILL:
-                return
+                return found
             time.sleep(0.001)
+        return found
 
     def members(self, name: str) -> List[int]:
         try:

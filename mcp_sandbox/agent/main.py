@@ -139,7 +139,7 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
         "kill_process": simple(processes.kill),
         "kill_all_processes": simple(processes.kill_all),
         # The host found the sandbox over a limit (its disk budget): everything running stops.
-        "stop_all": simple(lambda p: children.kill(None, "")),
+        "stop_all": simple(lambda p: children.kill(None, "") or {"stopped": True}),
         "write_file": file_op("write"),
         "file_write_open": file_op("write_open"),
         "file_write_chunk": file_op("write_chunk"),
