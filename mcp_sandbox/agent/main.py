@@ -124,6 +124,10 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
         if loaded_contexts:
             await loaded_contexts[0].expire_idle(idle_seconds)
 
+    def stop_all(_: Dict[str, Any]) -> Dict[str, Any]:
+        children.kill(None, "")
+        return {"stopped": True}
+
     handlers: Dict[str, Handler] = {
         "hello": simple(lambda p: {"protocol": PROTOCOL_VERSION, "pid": os.getpid(), "python": sys.version.split()[0]}),
         "exec": sessions.exec,
@@ -139,7 +143,7 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
         "kill_process": simple(processes.kill),
         "kill_all_processes": simple(processes.kill_all),
         # The host found the sandbox over a limit (its disk budget): everything running stops.
-        "stop_all": simple(lambda p: children.kill(None, "") or {"stopped": True}),
+        "stop_all": simple(stop_all),
         "write_file": file_op("write"),
         "file_write_open": file_op("write_open"),
         "file_write_chunk": file_op("write_chunk"),
