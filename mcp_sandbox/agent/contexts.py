@@ -26,14 +26,15 @@ import shutil
 import signal
 import sys
 import time
-from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
-from .capture import Capture
+from .output import STREAMS, Capture, Spills, send_progress
 from .children import Children
 from .pipes import PipeReader, make_pipe
 from .protocol import AgentError, Request
-from .sessions import Sessions, _progress, check_env, check_id
+from .ids import Ids, check_id
+from .sessions import Sessions
+from .shell_state import check_env
 
 WORKERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers")
 LANGUAGES = ("python", "javascript", "typescript")
@@ -47,8 +48,6 @@ INTERRUPT_GRACE = 3.0
 START_TIMEOUT = 60.0
 # After a worker's exit, how long its last control message may still take to arrive.
 EXIT_GRACE = 0.5
-KEPT_SPILL_FILES = 20
-STREAMS = ("stdout", "stderr")
 # The workers expect their control pipes at fds 3 and 4, which the agent cannot hand over at
 # those numbers (its own channel may sit there). This runs first, on the agent's interpreter:
 # it moves the pipes into place and becomes the worker (same pid, same process group).
@@ -255,11 +254,9 @@ class Contexts:
         self._default_timeout: float = config["command_timeout"]  # --command-timeout, as for exec
         # Each context is an interpreter process: the defaults count too.
         self._max_contexts: int = config.get("limits", {}).get("max_code_contexts", 8)
-        self._output_dir = os.path.join(config["state_dir"], "output")
-        os.makedirs(self._output_dir, exist_ok=True)
-        self._spills: Deque[str] = deque()
+        self._spills = Spills.at(os.path.join(config["state_dir"], "output"))
         self.contexts: Dict[str, Context] = {}
-        self._minted = 0
+        self._ids = Ids("ctx-%d")
         self._serial = 0  # numbers workers and runs, for tags and spill files
 
     # -- the handlers ------------------------------------------------------------------------------
@@ -268,7 +265,7 @@ class Contexts:
         language = normalise_language(params.get("language") or "python")
         context_id = params.get("context_id")
         if context_id is None:
-            context_id = self._mint()
+            context_id = self._ids.mint(self.contexts)
         check_id("context", context_id)
         if context_id in self.contexts:
             raise AgentError(
@@ -308,7 +305,7 @@ class Contexts:
         del self.contexts[context_id]
         context.deleted = True
         if context.worker is not None:
-            self._discard(await self._retire(context.worker))
+            self._spills.discard(await self._retire(context.worker))
             context.worker = None
         return {"context_id": context_id, "deleted": True}
 
@@ -358,13 +355,6 @@ class Contexts:
                 "longer need" % (len(self.contexts), ", ".join(sorted(self.contexts))),
             )
 
-    def _mint(self) -> str:
-        while True:
-            self._minted += 1
-            context_id = "ctx-%d" % self._minted
-            if context_id not in self.contexts:
-                return context_id
-
     def _target(self, context_id: Optional[str], language: Optional[str]) -> Context:
         """The context a run names, creating a language's default context on first use."""
         wanted = normalise_language(language) if language else None
@@ -408,7 +398,7 @@ class Contexts:
         worker = await self._ensure_worker(context)
         captures = worker.captures
         assert captures is not None
-        progress = asyncio.ensure_future(_progress(request, captures)) if request.params.get("stream") else None
+        progress = asyncio.ensure_future(send_progress(request, captures)) if request.params.get("stream") else None
         started = time.monotonic()
         timed_out = False
         try:
@@ -427,7 +417,7 @@ class Contexts:
             raise
         duration_ms = round((time.monotonic() - started) * 1000, 3)
         if context.deleted:
-            self._discard(await self._retire(worker))
+            self._spills.discard(await self._retire(worker))
             raise AgentError("CONTEXT_NOT_FOUND", "code context %r was deleted while this code ran" % context.id)
         kind, message = outcome
         if kind == "message" and message is not None:
@@ -464,7 +454,7 @@ class Contexts:
         try:
             await self._ensure_worker(context)
         except AgentError as exc:
-            self._discard(captures)
+            self._spills.discard(captures)
             raise AgentError(exc.code, "%s; starting a new one failed: %s" % (reason, exc.message)) from None
         value = (
             "%s. A fresh interpreter was started, so its variables, imports and definitions are gone; "
@@ -491,10 +481,10 @@ class Contexts:
         if not context.deleted and worker.alive:
             kind, _ = await self._interrupt(worker)
             if kind == "message":
-                self._discard(worker.rotate(self._captures(context)))
+                self._spills.discard(worker.rotate(self._captures(context)))
                 return
         exit_code = worker.exited.result() if worker.exited.done() else None
-        self._discard(await self._retire(worker))
+        self._spills.discard(await self._retire(worker))
         if context.worker is worker:
             context.worker = None
             if exit_code is not None:
@@ -525,16 +515,8 @@ class Contexts:
             "duration_ms": duration_ms,
             "timed_out": timed_out,
             "restarted": False,
-            "truncated": False,
         }
-        for name in STREAMS:
-            text, truncated, path = captures[name].finish() if captures is not None else ("", False, None)
-            result[name] = text
-            result[name + "_file"] = path
-            if truncated and path is not None:
-                result["truncated"] = True
-                self._keep_spill(path)
-        return result
+        return self._spills.finish(captures, result)
 
     # -- workers -------------------------------------------------------------------------------------
 
@@ -549,7 +531,7 @@ class Contexts:
                 del self.contexts[context.id]  # a context whose interpreter never ran is no context
             raise
         if context.deleted:
-            self._discard(await self._retire(worker))
+            self._spills.discard(await self._retire(worker))
             raise AgentError("CONTEXT_NOT_FOUND", "code context %r was deleted while it started" % context.id)
         context.worker = worker
         context.started = True
@@ -618,7 +600,7 @@ class Contexts:
             await worker.connect(control_in_w, control_out_r)
             kind, ready = await worker.wait_for("ready", START_TIMEOUT)
         except BaseException:
-            self._discard(await self._retire(worker))
+            self._spills.discard(await self._retire(worker))
             raise
         if kind == "message" and ready is not None and not ready.get("error"):
             worker.engine = str(ready.get("engine") or "")
@@ -627,7 +609,7 @@ class Contexts:
         exit_code = worker.exited.result() if worker.exited.done() else None
         output = await self._retire(worker)
         stderr = output["stderr"].finish()[0].strip() if output is not None else ""
-        self._discard(output)
+        self._spills.discard(output)
         if ready is not None and ready.get("error"):
             problem = str(ready["error"])
         elif kind == "timeout":
@@ -648,23 +630,4 @@ class Contexts:
 
     def _captures(self, context: Context) -> Captures:
         self._serial += 1
-        stem = os.path.join(self._output_dir, "ctx-%s-%d" % (context.id, self._serial))
-        return {name: Capture(self._max_output, "%s.%s" % (stem, name)) for name in STREAMS}
-
-    def _discard(self, captures: Optional[Captures]) -> None:
-        for capture in (captures or {}).values():
-            _, _, path = capture.finish()
-            if path is not None:
-                _remove(path)
-
-    def _keep_spill(self, path: str) -> None:
-        self._spills.append(path)
-        while len(self._spills) > KEPT_SPILL_FILES:
-            _remove(self._spills.popleft())
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+        return self._spills.captures("ctx-%s-%d" % (context.id, self._serial), self._max_output)

@@ -22,6 +22,8 @@ from collections import OrderedDict, deque
 from typing import IO, Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from .file_guards import VitalPaths, bounded_reader
+from .ids import Ids
+from .output import remove_file
 from .protocol import AgentError, Base64Text
 from .sessions import Sessions
 
@@ -117,7 +119,7 @@ class Files:
         self._writes: Dict[str, _Write] = {}
         # Reads the host has not closed yet; the oldest is closed beyond OPEN_MAX (a host that died).
         self._reads: "OrderedDict[str, IO[bytes]]" = OrderedDict()
-        self._handles = 0
+        self._handles = Ids("h%d")
 
     # -- paths ---------------------------------------------------------------------------------
 
@@ -132,10 +134,6 @@ class Files:
             raise AgentError("INVALID_ARGUMENT", "%s must be a path without NUL bytes" % key)
         cwd = self._sessions.get(params.get("session_id")).cwd
         return os.path.normpath(os.path.join(cwd, path))
-
-    def _handle(self) -> str:
-        self._handles += 1
-        return "h%d" % self._handles
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -185,7 +183,7 @@ class Files:
             raise AgentError("NOT_DIRECTORY", "a part of %s is a file, not a directory; check the path" % directory)
         except OSError as exc:
             raise os_error(exc, directory)
-        handle = self._handle()
+        handle = self._handles.mint()
         self._writes[handle] = _Write(target, temp, os.fdopen(fd, "wb"), mode)
         return {"handle": handle, "path": target}
 
@@ -229,7 +227,7 @@ class Files:
             os.chmod(write.temp, write.mode)
             os.replace(write.temp, write.target)
         except OSError as exc:
-            _unlink(write.temp)
+            remove_file(write.temp)
             raise os_error(exc, write.target)
         return {"path": write.target, "bytes_written": write.written}
 
@@ -301,7 +299,7 @@ class Files:
     def read_open(self, params: Dict[str, Any]) -> Dict[str, Any]:
         path = self.resolve(params)
         f = self._open_file(path)
-        handle = self._handle()
+        handle = self._handles.mint()
         self._reads[handle] = f
         while len(self._reads) > OPEN_MAX:
             self._reads.popitem(last=False)[1].close()
@@ -549,10 +547,3 @@ def _move_across(source: str, destination: str) -> None:
     if os.path.isdir(destination) and not os.path.islink(destination):
         shutil.rmtree(destination)
     shutil.move(source, destination)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
