@@ -19,23 +19,19 @@ state that is gone.
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import json
 import os
-import shutil
 import signal
-import sys
 import time
-from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, Optional, Tuple
 
-from .capture import Capture
 from .children import Children
-from .pipes import PipeReader, make_pipe
+from .ids import Ids, check_id
+from .output import Spills, send_progress
 from .protocol import AgentError, Request
-from .sessions import Sessions, _progress, check_env, check_id
+from .sessions import Sessions
+from .shell_state import check_env
+from .worker import Captures, Message, Worker, describe_exit, launch_worker, worker_command
 
-WORKERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers")
 LANGUAGES = ("python", "javascript", "typescript")
 ALIASES = {
     "py": "python", "python3": "python", "ipython": "python",
@@ -45,27 +41,6 @@ ALIASES = {
 # How long an interrupted run may take to stop before its interpreter is killed and replaced.
 INTERRUPT_GRACE = 3.0
 START_TIMEOUT = 60.0
-# After a worker's exit, how long its last control message may still take to arrive.
-EXIT_GRACE = 0.5
-KEPT_SPILL_FILES = 20
-STREAMS = ("stdout", "stderr")
-# The workers expect their control pipes at fds 3 and 4, which the agent cannot hand over at
-# those numbers (its own channel may sit there). This runs first, on the agent's interpreter:
-# it moves the pipes into place and becomes the worker (same pid, same process group).
-_PLACE_CONTROL_FDS = (
-    "import os, sys\n"
-    "os.dup2(int(sys.argv[1]), 3)\n"
-    "os.dup2(int(sys.argv[2]), 4)\n"
-    "os.close(int(sys.argv[1]))\n"
-    "os.close(int(sys.argv[2]))\n"
-    "os.execv(sys.argv[3], sys.argv[3:])\n"
-)
-# Where the control pipes' child ends are moved before the fork: above 4, so that placing one
-# can never overwrite the other.
-_HIGH_FD = 10
-
-Message = Dict[str, Any]
-Captures = Dict[str, Capture]
 
 
 def normalise_language(value: Any) -> str:
@@ -76,138 +51,6 @@ def normalise_language(value: Any) -> str:
             "INVALID_ARGUMENT", "language %r is not supported; use python, javascript or typescript" % (value,)
         )
     return language
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return "was killed by signal %s" % signal.Signals(-code).name
-        except ValueError:
-            return "was killed by signal %d" % -code
-    return "exited with code %d" % code
-
-
-class Worker:
-    """One running interpreter: its process, control pipes and output."""
-
-    def __init__(
-        self,
-        pid: int,
-        exited: "asyncio.Future[int]",
-        tag: str,
-        executable: str,
-        readers: Dict[str, PipeReader],
-        captures: Captures,
-    ) -> None:
-        self.pid = pid
-        self.exited = exited
-        self.tag = tag
-        self.executable = executable
-        self.readers = readers
-        self.captures: Optional[Captures] = captures
-        self.engine = ""
-        self.version = ""
-        self.closed = False
-        self._control_in: Optional[asyncio.StreamWriter] = None
-        self._control_out: Optional[asyncio.StreamReader] = None
-        self._read_transport: Optional[asyncio.BaseTransport] = None
-        self._pending: Optional["asyncio.Future[Optional[Message]]"] = None
-
-    async def connect(self, control_in_fd: int, control_out_fd: int) -> None:
-        loop = asyncio.get_running_loop()
-        # Results carry images as base64: allow long lines.
-        self._control_out = asyncio.StreamReader(limit=1 << 30)
-        reader = self._control_out
-        self._read_transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(control_out_fd, "rb", 0)
-        )
-        transport, protocol = await loop.connect_write_pipe(
-            asyncio.streams.FlowControlMixin, os.fdopen(control_in_fd, "wb", 0)
-        )
-        self._control_in = asyncio.StreamWriter(transport, protocol, None, loop)
-
-    @property
-    def alive(self) -> bool:
-        return not self.closed and not self.exited.done()
-
-    async def send(self, message: Message) -> bool:
-        """Write one control message; False if the worker cannot take it any more."""
-        writer = self._control_in
-        if writer is None or writer.transport.is_closing():
-            return False
-        try:
-            writer.write((json.dumps(message) + "\n").encode("utf-8", "surrogatepass"))
-            await writer.drain()
-        except (OSError, RuntimeError):
-            return False
-        return True
-
-    async def wait_for(self, kind: str, timeout: float) -> Tuple[str, Optional[Message]]:
-        """The next control message of type ``kind``, as ("message", message); or ("exited", None)
-        when the worker exits or closes its control pipe first; or ("timeout", None)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            pending = self._next_message()
-            waited: "Set[asyncio.Future[Any]]" = {pending, self.exited}
-            await asyncio.wait(
-                waited, timeout=max(deadline - loop.time(), 0), return_when=asyncio.FIRST_COMPLETED
-            )
-            if not pending.done() and self.exited.done():
-                # The message may have been written just before the exit and still be in flight.
-                await asyncio.wait({pending}, timeout=EXIT_GRACE)
-            if not pending.done():
-                return ("exited", None) if self.exited.done() else ("timeout", None)
-            self._pending = None
-            message = pending.result()
-            if message is None:
-                return "exited", None
-            if message.get("type") == kind:
-                return "message", message
-
-    def _next_message(self) -> "asyncio.Future[Optional[Message]]":
-        # The same read stays pending across waits, so a message is never lost to a timeout.
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(self._receive())
-        return self._pending
-
-    async def _receive(self) -> Optional[Message]:
-        assert self._control_out is not None
-        while True:
-            try:
-                line = await self._control_out.readline()
-            except (OSError, ValueError):
-                return None
-            if not line:
-                return None
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(message, dict):
-                return message
-
-    def rotate(self, captures: Optional[Captures]) -> Optional[Captures]:
-        """Take the output so far (what is in the pipes now included); later output goes to
-        ``captures`` (None: discarded). Returns None if it was taken before."""
-        taken = self.captures
-        for name, reader in self.readers.items():
-            reader.redirect(captures[name] if captures is not None else None)
-        self.captures = captures
-        return taken
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self._pending is not None and not self._pending.done():
-            self._pending.cancel()
-        if self._control_in is not None:
-            self._control_in.close()
-        if self._read_transport is not None:
-            self._read_transport.close()
-        for reader in self.readers.values():
-            reader.finish()
 
 
 class Context:
@@ -255,11 +98,9 @@ class Contexts:
         self._default_timeout: float = config["command_timeout"]  # --command-timeout, as for exec
         # Each context is an interpreter process: the defaults count too.
         self._max_contexts: int = config.get("limits", {}).get("max_code_contexts", 8)
-        self._output_dir = os.path.join(config["state_dir"], "output")
-        os.makedirs(self._output_dir, exist_ok=True)
-        self._spills: Deque[str] = deque()
+        self._spills = Spills.at(os.path.join(config["state_dir"], "output"))
         self.contexts: Dict[str, Context] = {}
-        self._minted = 0
+        self._ids = Ids("ctx-%d")
         self._serial = 0  # numbers workers and runs, for tags and spill files
 
     # -- the handlers ------------------------------------------------------------------------------
@@ -268,7 +109,7 @@ class Contexts:
         language = normalise_language(params.get("language") or "python")
         context_id = params.get("context_id")
         if context_id is None:
-            context_id = self._mint()
+            context_id = self._ids.mint(self.contexts)
         check_id("context", context_id)
         if context_id in self.contexts:
             raise AgentError(
@@ -308,7 +149,7 @@ class Contexts:
         del self.contexts[context_id]
         context.deleted = True
         if context.worker is not None:
-            self._discard(await self._retire(context.worker))
+            self._spills.discard(await self._retire(context.worker))
             context.worker = None
         return {"context_id": context_id, "deleted": True}
 
@@ -358,13 +199,6 @@ class Contexts:
                 "longer need" % (len(self.contexts), ", ".join(sorted(self.contexts))),
             )
 
-    def _mint(self) -> str:
-        while True:
-            self._minted += 1
-            context_id = "ctx-%d" % self._minted
-            if context_id not in self.contexts:
-                return context_id
-
     def _target(self, context_id: Optional[str], language: Optional[str]) -> Context:
         """The context a run names, creating a language's default context on first use."""
         wanted = normalise_language(language) if language else None
@@ -408,7 +242,7 @@ class Contexts:
         worker = await self._ensure_worker(context)
         captures = worker.captures
         assert captures is not None
-        progress = asyncio.ensure_future(_progress(request, captures)) if request.params.get("stream") else None
+        progress = asyncio.ensure_future(send_progress(request, captures)) if request.params.get("stream") else None
         started = time.monotonic()
         timed_out = False
         try:
@@ -427,7 +261,7 @@ class Contexts:
             raise
         duration_ms = round((time.monotonic() - started) * 1000, 3)
         if context.deleted:
-            self._discard(await self._retire(worker))
+            self._spills.discard(await self._retire(worker))
             raise AgentError("CONTEXT_NOT_FOUND", "code context %r was deleted while this code ran" % context.id)
         kind, message = outcome
         if kind == "message" and message is not None:
@@ -464,7 +298,7 @@ class Contexts:
         try:
             await self._ensure_worker(context)
         except AgentError as exc:
-            self._discard(captures)
+            self._spills.discard(captures)
             raise AgentError(exc.code, "%s; starting a new one failed: %s" % (reason, exc.message)) from None
         value = (
             "%s. A fresh interpreter was started, so its variables, imports and definitions are gone; "
@@ -491,10 +325,10 @@ class Contexts:
         if not context.deleted and worker.alive:
             kind, _ = await self._interrupt(worker)
             if kind == "message":
-                self._discard(worker.rotate(self._captures(context)))
+                self._spills.discard(worker.rotate(self._captures(context)))
                 return
         exit_code = worker.exited.result() if worker.exited.done() else None
-        self._discard(await self._retire(worker))
+        self._spills.discard(await self._retire(worker))
         if context.worker is worker:
             context.worker = None
             if exit_code is not None:
@@ -525,16 +359,8 @@ class Contexts:
             "duration_ms": duration_ms,
             "timed_out": timed_out,
             "restarted": False,
-            "truncated": False,
         }
-        for name in STREAMS:
-            text, truncated, path = captures[name].finish() if captures is not None else ("", False, None)
-            result[name] = text
-            result[name + "_file"] = path
-            if truncated and path is not None:
-                result["truncated"] = True
-                self._keep_spill(path)
-        return result
+        return self._spills.finish(captures, result)
 
     # -- workers -------------------------------------------------------------------------------------
 
@@ -549,76 +375,24 @@ class Contexts:
                 del self.contexts[context.id]  # a context whose interpreter never ran is no context
             raise
         if context.deleted:
-            self._discard(await self._retire(worker))
+            self._spills.discard(await self._retire(worker))
             raise AgentError("CONTEXT_NOT_FOUND", "code context %r was deleted while it started" % context.id)
         context.worker = worker
         context.started = True
         return worker
 
-    def _command(self, context: Context) -> List[str]:
-        path = context.env.get("PATH", os.defpath)
-        if context.language == "python":
-            python = shutil.which("python3", path=path)
-            if python is None:
-                raise AgentError(
-                    "LANGUAGE_NOT_AVAILABLE",
-                    "python needs python3 (>= 3.8) on the sandbox's PATH (%s), and there is none; "
-                    "install Python in the sandbox or its image" % path,
-                )
-            return [python, os.path.join(WORKERS, "python_worker.py")]
-        node = shutil.which("node", path=path) or shutil.which("nodejs", path=path)
-        if node is None:
-            raise AgentError(
-                "LANGUAGE_NOT_AVAILABLE",
-                "%s needs Node.js (node) on the sandbox's PATH (%s), and there is none; install Node.js "
-                "in the sandbox or its image, or use python" % (context.language, path),
-            )
-        command = [node, os.path.join(WORKERS, "node_worker.js")]
-        if context.language == "typescript":
-            command.append("--typescript")
-        return command
-
     async def _start(self, context: Context) -> Worker:
-        command = self._command(context)
+        command = worker_command(context.language, context.env.get("PATH", os.defpath))
         self._serial += 1
         tag = "ctx:%s:%d;" % (context.id, self._serial)
-        control_in_r, control_in_w = os.pipe()
-        control_out_r, control_out_w = os.pipe()
-        child_in = fcntl.fcntl(control_in_r, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD)
-        child_out = fcntl.fcntl(control_out_w, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD)
-        os.close(control_in_r)
-        os.close(control_out_w)
-        pipes = {name: make_pipe() for name in STREAMS}
-        launcher = [sys.executable or "python3", "-I", "-S", "-c", _PLACE_CONTROL_FDS, str(child_in), str(child_out)]
+        worker = launch_worker(
+            self._children, command, tag, context.language, context.env, context.cwd, self._captures(context)
+        )
         try:
-            pid, exited = self._children.spawn(
-                launcher + command,
-                tag=tag,
-                env=context.env,
-                cwd=context.cwd,
-                stdout=pipes["stdout"][1],
-                stderr=pipes["stderr"][1],
-                pass_fds=(child_in, child_out),
-            )
-        except OSError as exc:
-            for fd in [control_in_w, control_out_r] + [r for r, _ in pipes.values()]:
-                os.close(fd)
-            where = " in %s" % context.cwd if not os.path.isdir(context.cwd) else ""
-            raise AgentError(
-                "FILE_NOT_FOUND" if where else "LANGUAGE_NOT_AVAILABLE",
-                "could not start the %s interpreter%s: %s" % (context.language, where, exc),
-            ) from None
-        finally:
-            for fd in [child_in, child_out] + [w for _, w in pipes.values()]:
-                os.close(fd)
-        captures = self._captures(context)
-        readers = {name: PipeReader(pipes[name][0], captures[name], live=True) for name in STREAMS}
-        worker = Worker(pid, exited, tag, command[0], readers, captures)
-        try:
-            await worker.connect(control_in_w, control_out_r)
+            await worker.connect()
             kind, ready = await worker.wait_for("ready", START_TIMEOUT)
         except BaseException:
-            self._discard(await self._retire(worker))
+            self._spills.discard(await self._retire(worker))
             raise
         if kind == "message" and ready is not None and not ready.get("error"):
             worker.engine = str(ready.get("engine") or "")
@@ -627,7 +401,7 @@ class Contexts:
         exit_code = worker.exited.result() if worker.exited.done() else None
         output = await self._retire(worker)
         stderr = output["stderr"].finish()[0].strip() if output is not None else ""
-        self._discard(output)
+        self._spills.discard(output)
         if ready is not None and ready.get("error"):
             problem = str(ready["error"])
         elif kind == "timeout":
@@ -648,23 +422,4 @@ class Contexts:
 
     def _captures(self, context: Context) -> Captures:
         self._serial += 1
-        stem = os.path.join(self._output_dir, "ctx-%s-%d" % (context.id, self._serial))
-        return {name: Capture(self._max_output, "%s.%s" % (stem, name)) for name in STREAMS}
-
-    def _discard(self, captures: Optional[Captures]) -> None:
-        for capture in (captures or {}).values():
-            _, _, path = capture.finish()
-            if path is not None:
-                _remove(path)
-
-    def _keep_spill(self, path: str) -> None:
-        self._spills.append(path)
-        while len(self._spills) > KEPT_SPILL_FILES:
-            _remove(self._spills.popleft())
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+        return self._spills.captures("ctx-%s-%d" % (context.id, self._serial), self._max_output)

@@ -11,17 +11,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import codecs
 import errno
-import mimetypes
 import os
-import shutil
 import stat
 import tempfile
-from collections import OrderedDict, deque
-from typing import IO, Any, Callable, Deque, Dict, List, Optional, Tuple
+from collections import OrderedDict
+from typing import IO, Any, Dict, Optional
 
 from .file_guards import VitalPaths, bounded_reader
+from .file_text import decode_text, read_lines, sniff_mime
+from .file_tree import list_tree, move_across, remove_tree
+from .ids import Ids
+from .output import remove_file
 from .protocol import AgentError, Base64Text
 from .sessions import Sessions
 
@@ -30,8 +31,6 @@ READ_MAX = 1 << 20
 # Images come back whole up to this size, so that they can be shown as images.
 IMAGE_MAX = 5 << 20
 CHUNK_MAX = 4 << 20
-_BLOCK = 1 << 20
-LIST_MAX = 10000
 OPEN_MAX = 64
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
@@ -41,19 +40,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def sniff_mime(path: str, head: bytes) -> Optional[str]:
-    """The type the first bytes prove (images), else what the name suggests."""
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "image/gif"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
-    return mimetypes.guess_type(path, strict=False)[0]
 
 
 def os_error(exc: OSError, path: str) -> AgentError:
@@ -117,7 +103,7 @@ class Files:
         self._writes: Dict[str, _Write] = {}
         # Reads the host has not closed yet; the oldest is closed beyond OPEN_MAX (a host that died).
         self._reads: "OrderedDict[str, IO[bytes]]" = OrderedDict()
-        self._handles = 0
+        self._handles = Ids("h%d")
 
     # -- paths ---------------------------------------------------------------------------------
 
@@ -132,10 +118,6 @@ class Files:
             raise AgentError("INVALID_ARGUMENT", "%s must be a path without NUL bytes" % key)
         cwd = self._sessions.get(params.get("session_id")).cwd
         return os.path.normpath(os.path.join(cwd, path))
-
-    def _handle(self) -> str:
-        self._handles += 1
-        return "h%d" % self._handles
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -185,7 +167,7 @@ class Files:
             raise AgentError("NOT_DIRECTORY", "a part of %s is a file, not a directory; check the path" % directory)
         except OSError as exc:
             raise os_error(exc, directory)
-        handle = self._handle()
+        handle = self._handles.mint()
         self._writes[handle] = _Write(target, temp, os.fdopen(fd, "wb"), mode)
         return {"handle": handle, "path": target}
 
@@ -229,7 +211,7 @@ class Files:
             os.chmod(write.temp, write.mode)
             os.replace(write.temp, write.target)
         except OSError as exc:
-            _unlink(write.temp)
+            remove_file(write.temp)
             raise os_error(exc, write.target)
         return {"path": write.target, "bytes_written": write.written}
 
@@ -273,12 +255,12 @@ class Files:
                 mime = sniff_mime(path, head)
                 cap = IMAGE_MAX if mime in IMAGE_TYPES and offset is None and limit is None else READ_MAX
                 first_line = max(offset or 1, 1)
-                data, truncated, next_line = _read_lines(bounded_reader(f, size, path), first_line, limit, cap)
+                data, truncated, next_line = read_lines(bounded_reader(f, size, path), first_line, limit, cap)
             except OSError as exc:
                 raise read_error(exc, path)
         text: Optional[str] = None
         if encoding in (None, "auto", "utf-8", "utf8"):
-            text = _decode(data, final=not truncated or data.endswith(b"\n"))
+            text = decode_text(data, final=not truncated or data.endswith(b"\n"))
             if text is None and encoding not in (None, "auto"):
                 text = data.decode("utf-8", "replace")
         if text is None:
@@ -301,7 +283,7 @@ class Files:
     def read_open(self, params: Dict[str, Any]) -> Dict[str, Any]:
         path = self.resolve(params)
         f = self._open_file(path)
-        handle = self._handle()
+        handle = self._handles.mint()
         self._reads[handle] = f
         while len(self._reads) > OPEN_MAX:
             self._reads.popitem(last=False)[1].close()
@@ -343,7 +325,7 @@ class Files:
         recursive = bool(params.get("recursive"))
         hidden = bool(params.get("include_hidden"))
         loop = asyncio.get_running_loop()
-        files, truncated = await loop.run_in_executor(None, _list_tree, path, recursive, hidden)
+        files, truncated = await loop.run_in_executor(None, list_tree, path, recursive, hidden)
         return {"path": path, "files": files, "truncated": truncated}
 
     def mkdir(self, params: Dict[str, Any]) -> Dict[str, Any]:
@@ -380,7 +362,7 @@ class Files:
                 os.unlink(path)
             elif params.get("recursive"):
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(None, _remove_tree, path)
+                await loop.run_in_executor(None, remove_tree, path)
             else:
                 try:
                     os.rmdir(path)
@@ -421,138 +403,9 @@ class Files:
                     raise
                 # Another filesystem: copy, then remove (in a thread; it may be big).
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(None, _move_across, source, destination)
+                await loop.run_in_executor(None, move_across, source, destination)
         except FileExistsError:
             raise AgentError("NOT_DIRECTORY", "a part of %s is a file, not a directory" % destination)
         except OSError as exc:
             raise os_error(exc, destination)
         return {"source": source, "destination": destination}
-
-
-def _decode(data: bytes, final: bool) -> Optional[str]:
-    """UTF-8 text, or None if it is not; unless ``final``, a character cut at the end is dropped."""
-    try:
-        return codecs.getincrementaldecoder("utf-8")().decode(data, final=final)
-    except UnicodeDecodeError:
-        return None
-
-
-def _after_lines(data: bytes, count: int) -> Tuple[int, int]:
-    """The index just past the first ``count`` newlines of ``data``, and how many there were."""
-    index = 0
-    for found in range(count):
-        end = data.find(b"\n", index)
-        if end < 0:
-            return index, found
-        index = end + 1
-    return index, count
-
-
-def _read_lines(
-    read: Callable[[int], bytes], first: int, limit: Optional[int], cap: int
-) -> Tuple[bytes, bool, Optional[int]]:
-    """Lines ``first`` (1-based) onwards: at most ``limit`` lines and ``cap`` bytes.
-
-    Returns (data, cut by the cap, the line to continue from or None when nothing follows).
-    """
-    line = 1
-    rest = b""
-    while line < first:
-        block = read(_BLOCK)
-        if not block:
-            return b"", False, None
-        index, skipped = _after_lines(block, first - line)
-        line += skipped
-        if line == first:
-            rest = block[index:]
-    want = cap + 1 - len(rest)
-    data = rest + read(want) if want > 0 else rest
-    more = len(data) > cap
-    data = data[:cap]
-    if limit is not None:
-        index, count = _after_lines(data, limit)
-        if count == limit:
-            follows = index < len(data) or more
-            return data[:index], False, first + limit if follows else None
-    if not more:
-        return data, False, None
-    # Cut by the cap: end at the last complete line, so that the next call starts on a line.
-    cut = data.rfind(b"\n") + 1
-    if cut > 0:
-        return data[:cut], True, first + data[:cut].count(b"\n")
-    return data, True, None
-
-
-def _entry(path: str, name: str) -> Optional[Dict[str, Any]]:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    if stat.S_ISLNK(st.st_mode):
-        kind = "symlink"
-    elif stat.S_ISDIR(st.st_mode):
-        kind = "directory"
-    elif stat.S_ISREG(st.st_mode):
-        kind = "file"
-    else:
-        kind = "other"
-    entry: Dict[str, Any] = {
-        "name": name,
-        "path": path,
-        "type": kind,
-        "size": st.st_size,
-        "modified_at": st.st_mtime,
-        "mode": "%04o" % stat.S_IMODE(st.st_mode),
-    }
-    if kind == "symlink":
-        try:
-            entry["target"] = os.readlink(path)
-        except OSError:
-            pass
-    return entry
-
-
-def _list_tree(root: str, recursive: bool, hidden: bool) -> Tuple[List[Dict[str, Any]], bool]:
-    """Entries breadth first (so a cut list still shows the top levels), sorted by name."""
-    files: List[Dict[str, Any]] = []
-    queue: Deque[str] = deque([root])
-    while queue:
-        directory = queue.popleft()
-        try:
-            names = sorted(os.listdir(directory))
-        except OSError:
-            continue  # unreadable subdirectory: skip it, list the rest
-        for name in names:
-            if not hidden and name.startswith("."):
-                continue
-            entry = _entry(os.path.join(directory, name), name)
-            if entry is None:
-                continue
-            if len(files) >= LIST_MAX:
-                return files, True
-            files.append(entry)
-            if recursive and entry["type"] == "directory":
-                queue.append(entry["path"])
-    return files, False
-
-
-def _remove_tree(path: str) -> None:
-    def retry_writable(func: Any, failed: str, _exc: Any) -> None:
-        # Directories without write permission stop rmtree; the sandbox owns them, so allow it.
-        os.chmod(os.path.dirname(failed), stat.S_IRWXU)
-        func(failed)
-
-    shutil.rmtree(path, onerror=retry_writable)
-
-
-def _move_across(source: str, destination: str) -> None:
-    if os.path.isdir(destination) and not os.path.islink(destination):
-        shutil.rmtree(destination)
-    shutil.move(source, destination)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

@@ -12,7 +12,7 @@ import fcntl
 import os
 from typing import Optional, Tuple
 
-from .capture import Capture
+from .output import Capture
 
 _F_SETPIPE_SZ = 1031
 _READ_SIZE = 1 << 20
@@ -75,3 +75,39 @@ class PipeReader:
         self._loop.remove_reader(self._fd)
         os.close(self._fd)
         self.closed.set_result(None)
+
+
+def write_and_close(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to a blocking pipe, then close it; for an executor thread."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        pass  # the command exited without reading all of its stdin
+    finally:
+        os.close(fd)
+
+
+async def write_when_ready(fd: int, data: bytes) -> int:
+    """Write to a pipe without blocking the agent: wait for room whenever it is full."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    view = memoryview(data)
+    written = 0
+    while written < len(view):
+        try:
+            written += os.write(fd, view[written:])
+        except BlockingIOError:
+            ready: "asyncio.Future[None]" = loop.create_future()
+            loop.add_writer(fd, _set_done, ready)
+            try:
+                await ready
+            finally:
+                loop.remove_writer(fd)
+    return written
+
+
+def _set_done(future: "asyncio.Future[None]") -> None:
+    if not future.done():
+        future.set_result(None)

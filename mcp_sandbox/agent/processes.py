@@ -11,7 +11,6 @@ Statuses come from the exit the agent reaps itself, so a dead process is never l
 from __future__ import annotations
 
 import asyncio
-import codecs
 import os
 import re
 import shutil
@@ -19,10 +18,13 @@ import signal
 import time
 from typing import Any, Dict, Optional, Pattern, Set, Tuple
 
-from .capture import _cut, _decode_tail
 from .children import Children
+from .output import render_log
+from .pipes import write_when_ready
 from .protocol import AgentError
-from .sessions import Sessions, check_env, check_id
+from .ids import Ids, check_id
+from .sessions import Sessions
+from .shell_state import check_env
 
 STATUSES = ("running", "completed", "failed", "killed", "error")
 KILL_GRACE = 5.0
@@ -126,7 +128,7 @@ class Processes:
         self._dir = os.path.join(config["state_dir"], "processes")
         os.makedirs(self._dir, exist_ok=True)
         self.processes: Dict[str, Process] = {}
-        self._minted = 0
+        self._ids = Ids("proc-%d")
         self._escalations: Set["asyncio.Task[None]"] = set()
 
     def get(self, process_id: Optional[str]) -> Process:
@@ -139,20 +141,13 @@ class Processes:
             )
         return process
 
-    def _mint(self) -> str:
-        while True:
-            self._minted += 1
-            process_id = "proc-%d" % self._minted
-            if process_id not in self.processes:
-                return process_id
-
     def start(self, params: Dict[str, Any]) -> Dict[str, Any]:
         command: str = params["command"]
         if "\0" in command:
             raise AgentError("INVALID_ARGUMENT", "the command contains a NUL byte; pass binary data through a file")
         if not command.strip():
             raise AgentError("INVALID_ARGUMENT", "the command is empty; pass the bash command line to run")
-        process_id = params.get("process_id") or self._mint()
+        process_id = params.get("process_id") or self._ids.mint(self.processes)
         check_id("process", process_id)
         if process_id in self.processes:
             raise AgentError(
@@ -284,7 +279,7 @@ class Processes:
                     "INVALID_ARGUMENT", "cannot write to process %r: %s; start a new process" % (process.id, reason)
                 )
             try:
-                written = await _write_all(process.stdin_fd, data)
+                written = await write_when_ready(process.stdin_fd, data)
             except OSError as exc:
                 process.close_stdin()
                 raise AgentError(
@@ -428,76 +423,3 @@ class LineScanner:
         if self._file is not None:
             self._file.close()
             self._file = None
-
-
-async def render_log(path: str, tail: Optional[int], limit: int) -> Tuple[str, bool]:
-    """A log (or its last ``tail`` lines) as text of at most ``limit`` characters: head and tail
-    around a marker when longer. Reads only the parts it returns, however big the log is."""
-    try:
-        f = open(path, "rb")
-    except OSError:
-        return "", False
-    with f:
-        end = os.fstat(f.fileno()).st_size
-        start = 0 if tail is None else await _tail_start(f.fileno(), end, tail)
-        keep = 4 * limit
-        half = limit // 2
-        if end - start <= 2 * keep:
-            text = os.pread(f.fileno(), end - start, start).decode("utf-8", "replace")
-            if len(text) <= limit:
-                return text, False
-            omitted = "%d characters" % (len(text) - 2 * half)
-            return _cut(text[:half], text[-half:], omitted, path), True
-        head_bytes = os.pread(f.fileno(), keep, start)
-        head = codecs.getincrementaldecoder("utf-8")("replace").decode(head_bytes, final=False)[:half]
-        tail_text = _decode_tail(os.pread(f.fileno(), keep, end - keep))[-half:]
-        kept = len(head.encode("utf-8", "replace")) + len(tail_text.encode("utf-8", "replace"))
-        return _cut(head, tail_text, "%d bytes" % max(end - start - kept, 0), path), True
-
-
-async def _tail_start(fd: int, end: int, lines: int) -> int:
-    """Offset where the last ``lines`` lines of the first ``end`` bytes begin."""
-    if lines == 0:
-        return end
-    pos = end
-    # A final newline ends the last line; it does not start another one.
-    if end > 0 and os.pread(fd, 1, end - 1) == b"\n":
-        pos -= 1
-    found = 0
-    while pos > 0:
-        size = min(_BLOCK, pos)
-        block = os.pread(fd, size, pos - size)
-        count = block.count(b"\n")
-        if found + count >= lines:
-            index = len(block)
-            for _ in range(lines - found):
-                index = block.rfind(b"\n", 0, index)
-            return pos - size + index + 1
-        found += count
-        pos -= size
-        await asyncio.sleep(0)
-    return 0
-
-
-async def _write_all(fd: int, data: bytes) -> int:
-    """Write to a pipe without blocking the agent: wait for room whenever it is full."""
-    loop = asyncio.get_running_loop()
-    os.set_blocking(fd, False)
-    view = memoryview(data)
-    written = 0
-    while written < len(view):
-        try:
-            written += os.write(fd, view[written:])
-        except BlockingIOError:
-            ready: "asyncio.Future[None]" = loop.create_future()
-            loop.add_writer(fd, _set_done, ready)
-            try:
-                await ready
-            finally:
-                loop.remove_writer(fd)
-    return written
-
-
-def _set_done(future: "asyncio.Future[None]") -> None:
-    if not future.done():
-        future.set_result(None)

@@ -27,56 +27,17 @@ import shutil
 import signal
 import subprocess
 import time
-from collections import deque
-from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
-from .capture import Capture
-from .names import env_problem, id_problem
+from .output import Spills, send_progress
+from .ids import Ids, check_id
 from .children import Children, spawn_error
-from .pipes import PipeReader, make_pipe
+from .pipes import PipeReader, make_pipe, write_and_close
 from .protocol import AgentError, Request
+from .shell_state import Options, ShellState, check_env
 
 TIMEOUT_EXIT_CODE = 124
-# Ends a state file: sourcing stops at the return, and the agent reads the raw cwd after it.
-_CWD_MARKER = "\nbuiltin return 0\n#cwd:"
-PROGRESS_INTERVAL = 0.25
-PROGRESS_MAX_BYTES = 16 * 1024
-KEPT_SPILL_FILES = 20
 _PIPE_MIN_BUFFER = 65536  # what any pipe holds: a write this big never blocks on an empty pipe
-
-# Variables that belong to one bash process and must not be carried to the next one.
-_VOLATILE = (
-    "BASH_ALIASES BASH_ARGC BASH_ARGV BASH_ARGV0 BASH_CMDS BASH_COMMAND BASH_EXECUTION_STRING "
-    "BASH_LINENO BASH_REMATCH BASH_SOURCE BASH_SUBSHELL BASHPID COMP_WORDBREAKS DIRSTACK "
-    "EPOCHREALTIME EPOCHSECONDS FUNCNAME GROUPS HISTCMD LINENO PIPESTATUS RANDOM SECONDS SHLVL "
-    "SRANDOM _ MCP_SANDBOX_JOB"
-)
-
-
-def sq(text: str) -> str:
-    """Quote for bash as one word."""
-    return "'" + text.replace("'", "'\\''") + "'"
-
-
-def check_id(kind: str, value: str) -> str:
-    problem = id_problem(kind, value)
-    if problem is not None:
-        raise AgentError("INVALID_ARGUMENT", problem)
-    return value
-
-
-def check_env(env: Optional[Dict[str, Any]]) -> Dict[str, Optional[str]]:
-    problem = env_problem(env)
-    if problem is not None:
-        raise AgentError("INVALID_ARGUMENT", problem)
-    return dict(env or {})
-
-
-def env_lines(env: Dict[str, Optional[str]]) -> str:
-    return "".join(
-        "builtin unset -v %s\n" % name if value is None else "builtin export %s=%s\n" % (name, sq(value))
-        for name, value in env.items()
-    )
 
 
 class Standby:
@@ -105,7 +66,7 @@ class Standby:
             os.write(self.command_fd, data)
             os.close(self.command_fd)
         else:  # the standby reads while a thread writes
-            asyncio.get_running_loop().run_in_executor(None, _write_all, self.command_fd, data)
+            asyncio.get_running_loop().run_in_executor(None, write_and_close, self.command_fd, data)
         self.command_fd = -1
 
     def discard(self) -> None:
@@ -122,27 +83,19 @@ class Standby:
                 pass
 
 
-class Session:
+class Session(ShellState):
+    """A session: its shell state, plus the command running in it and its standby bash."""
+
     def __init__(self, session_id: str, directory: str, cwd: str, timeout: Optional[float]) -> None:
+        super().__init__(directory, cwd)
         self.id = session_id
-        self.dir = directory
-        self.cwd = cwd
         self.timeout = timeout
         self.created_at = time.time()
         self.last_used_at = self.created_at
         self.lock = asyncio.Lock()
         self.running: Optional["asyncio.Task[Any]"] = None
         self.commands = 0
-        self.generation = 0
-        self.opts: List[str] = []  # commands that set the options differing from bash's defaults
         self.standby: Optional[Standby] = None
-
-    def path(self, name: str, generation: Optional[int] = None) -> str:
-        """A state file of the current generation (or of the one given)."""
-        return os.path.join(self.dir, str(self.generation if generation is None else generation), name)
-
-    def next_path(self, name: str) -> str:
-        return self.path(name, 1 - self.generation)
 
     def info(self) -> Dict[str, Any]:
         return {
@@ -152,126 +105,6 @@ class Session:
             "created_at": self.created_at,
             "last_used_at": self.last_used_at,
         }
-
-    def unsaved_script(self, command: str, env: Dict[str, Optional[str]], cwd: str) -> str:
-        """The bash program for a background process: the session's state now, plus ``cwd`` and
-        ``env``, and nothing saved back."""
-        lines = self._restore_lines() + self._command_lines(env, cwd) + ["builtin eval -- %s" % sq(command)]
-        return "\n".join(lines) + "\n"
-
-    def standby_script(self, command_fd: int) -> str:
-        """Restore the state, source what comes through ``command_fd`` (it waits there for the
-        command), close it, then run the command."""
-        return "\n".join(
-            self._restore_lines()
-            + [
-                "builtin source /proc/self/fd/%d || builtin exit 126" % command_fd,
-                "builtin exec %d<&-" % command_fd,
-                'builtin eval -- "builtin unset -v __mcp_cmd"$\'\\n\'"$__mcp_cmd"',
-            ]
-        ) + "\n"
-
-    def standby_command(self, command: str, env: Dict[str, Optional[str]], cwd: Optional[str]) -> str:
-        """What a standby sources: the per-command setup, and the command in ``__mcp_cmd``."""
-        lines = ["SECONDS=0"] + self._command_lines(env, cwd)
-        lines.append("__mcp_cmd=%s" % sq(command))
-        return "\n".join(lines) + "\n"
-
-    def _command_lines(self, env: Dict[str, Optional[str]], cwd: Optional[str]) -> List[str]:
-        """Between the restore and the command: per-command cwd and env (and then nothing is
-        saved), or the EXIT trap that saves the state."""
-        if cwd is None and not env:
-            return ["builtin trap -- %s EXIT" % sq(self._save_trap())]
-        lines = [] if cwd is None else ["builtin cd -- %s || builtin exit 1" % sq(cwd)]
-        return lines + env_lines(env).splitlines()
-
-    def _restore_lines(self) -> List[str]:
-        return (
-            ["builtin source %s 2>/dev/null" % sq(self.path("state")), "builtin unset -v __mcp_ec"]
-            + ["%s 2>/dev/null" % line for line in self.opts]
-            + ["builtin shopt -s expand_aliases"]
-        )
-
-    def _save_trap(self) -> str:
-        return "\n".join(
-            [
-                "__mcp_ec=$?",
-                "{ builtin printf '#%s\\n#%s\\n' \"$SHELLOPTS\" \"$BASHOPTS\"",
-                "builtin set +e +u +o pipefail",
-                "builtin alias -p; builtin declare -f",
-                "builtin unset -v %s" % _VOLATILE,
-                # cd before the variables, so that OLDPWD keeps its value and ``cd -`` works
-                "builtin printf 'builtin cd -- %q\\n' \"$PWD\"",
-                "builtin declare -p; builtin umask -p",
-                "builtin printf '%s%%s' \"$PWD\"" % _CWD_MARKER.replace("\n", "\\n"),
-                "} >%s 2>/dev/null" % sq(self.next_path("state")),
-                "builtin exit \"$__mcp_ec\"",
-            ]
-        )
-
-    def adopt_new_state(self, defaults: "Options") -> None:
-        """Switch to the state the command's EXIT trap wrote, if it wrote it all."""
-        try:
-            with open(self.next_path("state"), "rb") as f:
-                state = f.read()
-        except OSError:
-            return  # the trap did not run (the command replaced bash with exec, ...)
-        marker = state.rfind(_CWD_MARKER.encode())
-        header = state.split(b"\n", 2)
-        if marker < 0 or len(header) < 3 or not header[0].startswith(b"#") or not header[1].startswith(b"#"):
-            return  # the trap was cut short
-        self.opts = defaults.commands(header[0][1:].decode(), header[1][1:].decode())
-        self.generation = 1 - self.generation
-        self.cwd = state[marker + len(_CWD_MARKER) :].decode("utf-8", "replace")
-
-    def discard_new_state(self) -> None:
-        """Remove the next generation's state: the trap then creates a new file (and a half-written
-        one is never adopted)."""
-        try:
-            os.unlink(self.next_path("state"))
-        except OSError:
-            pass
-
-    def write_initial_state(self, env: Dict[str, Optional[str]]) -> None:
-        os.makedirs(self.path(""), exist_ok=True)
-        os.makedirs(self.next_path(""), exist_ok=True)
-        with open(self.path("state"), "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write(env_lines(env))
-            f.write("builtin cd -- %s\n" % sq(self.cwd))
-
-    def append_env(self, env: Dict[str, Optional[str]]) -> None:
-        """Add exports/unsets to the current state, before its ``return``."""
-        with open(self.path("state"), "rb") as f:
-            state = f.read()
-        marker = state.rfind(_CWD_MARKER.encode())
-        if marker < 0:
-            marker = len(state)
-        lines = env_lines(env).encode("utf-8", "surrogateescape")
-        with open(self.path("state"), "wb") as f:
-            f.write(state[:marker] + b"\n" + lines + state[marker:])
-
-
-class Options:
-    """Bash's default ``set -o`` and ``shopt`` options, to turn saved ones into restore commands."""
-
-    def __init__(self, bash: str) -> None:
-        out = subprocess.run(
-            [bash, "--noprofile", "--norc", "-c", 'builtin printf "%s\\n%s\\n" "$SHELLOPTS" "$BASHOPTS"'],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={},
-        ).stdout.decode().split("\n")
-        self.set_o = frozenset(filter(None, out[0].split(":")))
-        self.shopt = frozenset(filter(None, out[1].split(":"))) if len(out) > 1 else frozenset()
-
-    def commands(self, shellopts: str, bashopts: str) -> List[str]:
-        """The commands that take a fresh bash to these options (only the differences)."""
-        on = frozenset(filter(None, shellopts.split(":")))
-        on_shopt = frozenset(filter(None, bashopts.split(":")))
-        return (
-            ["builtin set -o %s" % name for name in sorted(on - self.set_o)]
-            + ["builtin set +o %s" % name for name in sorted(self.set_o - on)]
-            + ["builtin shopt -s %s" % name for name in sorted(on_shopt - self.shopt)]
-            + ["builtin shopt -u %s" % name for name in sorted(self.shopt - on_shopt)]
-        )
 
 
 class Sessions:
@@ -285,9 +118,7 @@ class Sessions:
         self._command_timeout: float = config["command_timeout"]
         self._max_sessions: int = config.get("limits", {}).get("max_sessions", 32)
         self._dir = os.path.join(config["state_dir"], "sessions")
-        self._output_dir = os.path.join(config["state_dir"], "output")
-        os.makedirs(self._output_dir, exist_ok=True)
-        self._spills: Deque[str] = deque()
+        self._spills = Spills.at(os.path.join(config["state_dir"], "output"))
         self._bash = shutil.which("bash", path=self._base_env.get("PATH")) or "/bin/bash"
         self._default_opts = Options(self._bash)
         self.sessions: Dict[str, Session] = {}
@@ -295,7 +126,7 @@ class Sessions:
         self.on_delete: List[Callable[[str], Awaitable[None]]] = []
         # Asked before an idle session expires: True while something it started still runs.
         self.in_use: List[Callable[[str], bool]] = []
-        self._minted = 0
+        self._ids = Ids("session-%d")
         self.create({"session_id": "default"})
 
     def resolve_dir(self, path: Optional[str], base: Optional[str] = None) -> str:
@@ -320,11 +151,7 @@ class Sessions:
     def create(self, params: Dict[str, Any]) -> Dict[str, Any]:
         session_id = params.get("session_id")
         if session_id is None:
-            self._minted += 1
-            session_id = "session-%d" % self._minted
-            while session_id in self.sessions:
-                self._minted += 1
-                session_id = "session-%d" % self._minted
+            session_id = self._ids.mint(self.sessions)
         check_id("session", session_id)
         if len(self.sessions) >= self._max_sessions:
             raise AgentError(
@@ -447,14 +274,13 @@ class Sessions:
                 raise
         session.commands = standby.number
         tag = "exec:%s:%d;" % (session.id, session.commands)
-        stem = os.path.join(self._output_dir, "%s-%d" % (session.id, session.commands))
-        captures = {name: Capture(self._max_output, "%s.%s" % (stem, name)) for name in ("stdout", "stderr")}
+        captures = self._spills.captures("%s-%d" % (session.id, session.commands), self._max_output)
         live = bool(request.params.get("stream"))
         pid, exited, out_fds = standby.pid, standby.exited, standby.out_fds
         readers = {name: PipeReader(out_fds[name], captures[name], live=live) for name in ("stdout", "stderr")}
         if stdin is not None:
-            asyncio.get_running_loop().run_in_executor(None, _write_all, stdin_w, stdin.encode("utf-8", "surrogateescape"))
-        progress = asyncio.ensure_future(_progress(request, captures)) if live else None
+            asyncio.get_running_loop().run_in_executor(None, write_and_close, stdin_w, stdin.encode("utf-8", "surrogateescape"))
+        progress = asyncio.ensure_future(send_progress(request, captures)) if live else None
         timed_out = False
         try:
             try:
@@ -485,16 +311,8 @@ class Sessions:
             "duration_ms": round((time.monotonic() - started) * 1000, 3),
             "session_id": session.id,
             "cwd": session.cwd,
-            "truncated": False,
         }
-        for name, capture in captures.items():
-            text, truncated, path = capture.finish()
-            result[name] = text
-            result[name + "_file"] = path
-            if truncated:
-                result["truncated"] = True
-                self._keep_spill(path)
-        return result
+        return self._spills.finish(captures, result)
 
     def _prepare(self, session: Session) -> None:
         """Start the session's standby bash, unless it has one, is busy or is gone."""
@@ -562,16 +380,6 @@ class Sessions:
             session.standby.discard()
             session.standby = None
 
-    def _keep_spill(self, path: Optional[str]) -> None:
-        if path is None:
-            return
-        self._spills.append(path)
-        while len(self._spills) > KEPT_SPILL_FILES:
-            try:
-                os.unlink(self._spills.popleft())
-            except OSError:
-                pass
-
     async def expire_idle(self, idle_seconds: float) -> None:
         """Delete sessions other than ``default`` that ran nothing for ``idle_seconds``."""
         cutoff = time.time() - idle_seconds
@@ -590,24 +398,3 @@ class Sessions:
             if session.standby is not None:
                 keep.add("exec:%s:%d;" % (session.id, session.standby.number))
         return self._children.kill_all_but("exec:", keep)
-
-
-async def _progress(request: Request, captures: Dict[str, Capture]) -> None:
-    while True:
-        await asyncio.sleep(PROGRESS_INTERVAL)
-        for name, capture in captures.items():
-            data = capture.take_live(PROGRESS_MAX_BYTES)
-            if data:
-                request.notify("output", stream=name, data=data.decode("utf-8", "replace"), total=capture.total)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    except OSError:
-        pass  # the command exited without reading all of its stdin
-    finally:
-        os.close(fd)
-
