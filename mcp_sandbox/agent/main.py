@@ -119,6 +119,10 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
     def file_op(method: str) -> Handler:
         return simple(lambda p: getattr(files(), method)(p))
 
+    def stop_all() -> Dict[str, Any]:
+        children.kill(None, "")
+        return {}
+
     async def expire_contexts(idle_seconds: float) -> None:
         if loaded_contexts:
             await loaded_contexts[0].expire_idle(idle_seconds)
@@ -138,7 +142,8 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
         Method.KILL_PROCESS: simple(processes.kill),
         Method.KILL_ALL_PROCESSES: simple(processes.kill_all),
         # The host found the sandbox over a limit (its disk budget): everything running stops.
-        Method.STOP_ALL: simple(lambda p: children.kill(None, "")),
+        # Every answer is an object (the host's channel checks), so this one is empty.
+        Method.STOP_ALL: simple(lambda p: stop_all()),
         Method.WRITE_FILE: file_op("write"),
         Method.FILE_WRITE_OPEN: file_op("write_open"),
         Method.FILE_WRITE_CHUNK: file_op("write_chunk"),
