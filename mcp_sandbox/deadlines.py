@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 
+from .agent.api import Method
 from .agent.contexts import INTERRUPT_GRACE, START_TIMEOUT, normalise_language
 from .agent.processes import DEFAULT_WAIT
 from .agent.protocol import AgentError
@@ -29,28 +30,28 @@ def deadline(method: str, params: dict[str, Any], command_timeout: float) -> flo
     its session (or the server's, which is also run_code's default)."""
     timeout = params.get("timeout")
     given = float(timeout) if isinstance(timeout, (int, float)) and timeout >= 0 else None
-    if method == "exec":
+    if method == Method.EXEC:
         return (given or command_timeout) + GRACE
-    if method == "run_code":
+    if method == Method.RUN_CODE:
         # An interpreter may have to start before the run and another one after it if the run
         # would not stop.
         return (given or command_timeout) + INTERRUPT_GRACE + 2 * START_TIMEOUT + GRACE
-    if method == "create_code_context":
+    if method == Method.CREATE_CODE_CONTEXT:
         return START_TIMEOUT + GRACE
-    if method == "get_process_logs":
+    if method == Method.GET_PROCESS_LOGS:
         return (DEFAULT_WAIT if given is None else given) + GRACE
-    if method in ("delete_file", "move_file"):  # a whole tree: as long as a command may take
+    if method in (Method.DELETE_FILE, Method.MOVE_FILE):  # a whole tree: as long as a command may take
         return max(command_timeout + GRACE, QUICK)
-    if method == "create_session" or given is None:  # create_session's timeout is for its commands
+    if method == Method.CREATE_SESSION or given is None:  # create_session's timeout is for its commands
         return QUICK
     return max(given + GRACE, QUICK)
 
 
 def turn(method: str, params: dict[str, Any]) -> str | None:
     """What the call waits for in the agent, if anything: its session or its code context."""
-    if method in ("exec", "set_env_vars"):
+    if method in (Method.EXEC, Method.SET_ENV_VARS):
         return "session:" + str(params.get("session_id") or "default")
-    if method == "run_code":
+    if method == Method.RUN_CODE:
         language = params.get("language") or "python"
         try:
             default = normalise_language(language)

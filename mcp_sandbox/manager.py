@@ -19,11 +19,13 @@ import anyio
 from anyio.abc import TaskGroup
 
 from . import tenants
+from .agent.api import Method, hello_problem
 from .agent.names import env_problem
 from .backends.base import AgentConfig, Backend, SandboxSpec
 from .agent.protocol import line_limit
 from .channel import AgentChannel
 from .errors import SandboxError
+from .models import Limits
 from .sandbox import Sandbox
 from .settings import Settings
 
@@ -148,16 +150,7 @@ class SandboxManager:
         sandbox_id = "sbx_" + secrets.token_hex(8)
         handle = await self.backend.start(
             SandboxSpec(sandbox_id=sandbox_id, env=dict(env or {}), network=network, tenant=tenant or ""),
-            AgentConfig(
-                max_output=self.settings.max_output,
-                command_timeout=self.settings.command_timeout,
-                session_idle_timeout=self.settings.session_idle_timeout,
-                limits={
-                    "max_sessions": self.settings.max_sessions,
-                    "max_processes": self.settings.max_processes,
-                    "max_code_contexts": self.settings.max_code_contexts,
-                },
-            ),
+            AgentConfig.from_settings(self.settings),
         )
         channel = AgentChannel(handle.receive, handle.send, sandbox_id, line_limit(self.settings.max_output))
         sandbox = Sandbox(
@@ -168,7 +161,7 @@ class SandboxManager:
             self.sandboxes[sandbox_id] = sandbox
         self._task_group.start_soon(self._watch, sandbox)
         try:
-            await channel.request("hello", {}, timeout=AGENT_START_TIMEOUT)
+            problem = hello_problem(await channel.request(Method.HELLO, {}, timeout=AGENT_START_TIMEOUT))
         except SandboxError as exc:
             await self._discard(sandbox)
             raise SandboxError(
@@ -177,6 +170,9 @@ class SandboxManager:
         except BaseException:  # cancelled (the server is stopping): nothing may be left behind
             await self._discard(sandbox)
             raise
+        if problem is not None:
+            await self._discard(sandbox)
+            raise SandboxError("BACKEND_UNAVAILABLE", f"the sandbox agent cannot be used: {problem}; reinstall mcp-sandbox")
         self._log_start("started warm" if spare else "created", sandbox, "" if spare else f" for tenant {tenant}")
         return sandbox
 
@@ -338,20 +334,7 @@ class SandboxManager:
             logger.exception("failed to destroy sandbox %s", sandbox_id)
 
     def limits(self) -> dict[str, Any]:
-        """The limits in force for this server's sandboxes: the settings it runs with, and what
-        its backend enforces."""
-        s = self.settings
-        return {
-            "command_timeout": s.command_timeout,
-            "max_output": s.max_output,
-            "idle_timeout": s.idle_timeout,
-            "session_idle_timeout": s.session_idle_timeout,
-            "max_sessions": s.max_sessions,
-            "max_processes": s.max_processes,
-            "max_code_contexts": s.max_code_contexts,
-            "memory": s.memory,
-            "cpus": s.cpus,
-            "pids_limit": s.pids_limit,
-            "disk": s.disk,
-            "enforced": self.backend.enforced,
-        }
+        """The limits in force for this server's sandboxes: the settings it runs with (the Limits
+        model's fields, named as in Settings), and what its backend enforces."""
+        values = {name: getattr(self.settings, name) for name in Limits.model_fields if name != "enforced"}
+        return {**values, "enforced": self.backend.enforced}

@@ -16,6 +16,8 @@ class Enforced(BaseModel):
 
 
 class Limits(BaseModel):
+    """Each field but ``enforced`` is the Settings field of its name (manager.limits())."""
+
     command_timeout: float = Field(description="Default exec and run_code timeout, seconds.")
     max_output: int = Field(description="Characters of each output stream returned.")
     idle_timeout: float = Field(description="Seconds without a tool call before the sandbox is destroyed.")

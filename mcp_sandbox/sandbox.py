@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 
+from .agent.api import OUTPUT, Method
 from .agent.names import params_problem
 from .backends.base import AgentHandle
 from .channel import AgentChannel, Base64Text
@@ -119,7 +120,7 @@ class Sandbox:
         ``LIMIT_REACHED: reason``."""
         self.stopped_for = reason
         self._stops += 1
-        await self.channel.request("stop_all", {}, timeout=STOP_TIMEOUT)
+        await self.channel.request(Method.STOP_ALL, {}, timeout=STOP_TIMEOUT)
 
     async def _stoppable(self, method: str, params: dict[str, Any], notify: Any) -> Any:
         """A call that the host's stop_all turns into LIMIT_REACHED if it ran meanwhile."""
@@ -141,11 +142,11 @@ class Sandbox:
         on_output: OutputCallback | None = None,
     ) -> ExecResult:
         async def notify(method: str, params: dict[str, Any]) -> None:
-            if on_output is not None and method == "output":
+            if on_output is not None and method == OUTPUT:
                 await on_output(params["stream"], params["data"], params["total"])
 
         result = await self._stoppable(
-            "exec",
+            Method.EXEC,
             {
                 "command": command, "session_id": session_id, "timeout": timeout, "cwd": cwd, "env": env,
                 "stdin": stdin, "stream": on_output is not None or None,
@@ -162,13 +163,13 @@ class Sandbox:
         env: dict[str, str | None] | None = None,
         timeout: float | None = None,
     ) -> SessionCreated:
-        result = await self.call("create_session", {"session_id": session_id, "cwd": cwd, "env": env, "timeout": timeout})
+        result = await self.call(Method.CREATE_SESSION, {"session_id": session_id, "cwd": cwd, "env": env, "timeout": timeout})
         created = SessionCreated.model_validate(result)
         self._session_timeouts[created.session_id] = timeout or self._command_timeout
         return created
 
     async def list_sessions(self) -> SessionList:
-        result = await self.call("list_sessions", {})
+        result = await self.call(Method.LIST_SESSIONS, {})
         return SessionList(
             sessions=[
                 SessionInfo(
@@ -180,12 +181,12 @@ class Sandbox:
         )
 
     async def delete_session(self, session_id: str) -> SessionDeleted:
-        deleted = SessionDeleted.model_validate(await self.call("delete_session", {"session_id": session_id}))
+        deleted = SessionDeleted.model_validate(await self.call(Method.DELETE_SESSION, {"session_id": session_id}))
         self._session_timeouts.pop(session_id, None)
         return deleted
 
     async def set_env_vars(self, env: dict[str, str | None], session_id: str | None = None) -> EnvVarsSet:
-        return EnvVarsSet.model_validate(await self.call("set_env_vars", {"env": env, "session_id": session_id}))
+        return EnvVarsSet.model_validate(await self.call(Method.SET_ENV_VARS, {"env": env, "session_id": session_id}))
 
     # -- background processes -------------------------------------------------------------------
 
@@ -199,17 +200,17 @@ class Sandbox:
         env: dict[str, str] | None = None,
     ) -> ProcessStarted:
         result = await self.call(
-            "start_process",
+            Method.START_PROCESS,
             {"command": command, "process_id": process_id, "session_id": session_id, "cwd": cwd, "env": env},
         )
         return ProcessStarted.model_validate(_process(result))
 
     async def list_processes(self, status: str | None = None) -> ProcessList:
-        result = await self.call("list_processes", {"status": status})
+        result = await self.call(Method.LIST_PROCESSES, {"status": status})
         return ProcessList(processes=[ProcessInfo.model_validate(_process(p)) for p in result["processes"]])
 
     async def get_process(self, process_id: str) -> ProcessInfo:
-        return ProcessInfo.model_validate(_process(await self.call("get_process", {"process_id": process_id})))
+        return ProcessInfo.model_validate(_process(await self.call(Method.GET_PROCESS, {"process_id": process_id})))
 
     async def get_process_logs(
         self,
@@ -221,7 +222,7 @@ class Sandbox:
         timeout: float | None = None,
     ) -> ProcessLogs:
         result = await self.call(
-            "get_process_logs",
+            Method.GET_PROCESS_LOGS,
             {
                 "process_id": process_id, "tail": tail, "wait_for": wait_for,
                 "wait_for_exit": wait_for_exit or None, "timeout": timeout,
@@ -230,15 +231,15 @@ class Sandbox:
         return ProcessLogs.model_validate(_process(result))
 
     async def send_process_input(self, process_id: str, data: str, *, eof: bool = False) -> ProcessInputSent:
-        result = await self.call("send_process_input", {"process_id": process_id, "data": data, "eof": eof or None})
+        result = await self.call(Method.SEND_PROCESS_INPUT, {"process_id": process_id, "data": data, "eof": eof or None})
         return ProcessInputSent.model_validate(result)
 
     async def kill_process(self, process_id: str, signal: str | int | None = None) -> ProcessKilled:
-        result = await self.call("kill_process", {"process_id": process_id, "signal": signal})
+        result = await self.call(Method.KILL_PROCESS, {"process_id": process_id, "signal": signal})
         return ProcessKilled.model_validate(_process(result))
 
     async def kill_all_processes(self) -> ProcessesKilled:
-        return ProcessesKilled.model_validate(await self.call("kill_all_processes", {}))
+        return ProcessesKilled.model_validate(await self.call(Method.KILL_ALL_PROCESSES, {}))
 
     # -- files ------------------------------------------------------------------------------------
 
@@ -251,7 +252,7 @@ class Sandbox:
         view = memoryview(data).cast("B")
         if len(view) <= FILE_CHUNK:
             result = await self.call(
-                "write_file",
+                Method.WRITE_FILE,
                 {"path": path, "content": base64.b64encode(view).decode("ascii"), "encoding": "base64",
                  "session_id": session_id},
             )
@@ -267,7 +268,7 @@ class Sandbox:
         whole at the end, or not at all if the stream fails."""
         if self.handle.disk is not None:
             await self.handle.disk.check_room()
-        opened = await self.call("file_write_open", {"path": path, "session_id": session_id})
+        opened = await self.call(Method.FILE_WRITE_OPEN, {"path": path, "session_id": session_id})
         handle = opened["handle"]
         committed = False
         try:
@@ -276,7 +277,7 @@ class Sandbox:
 
             async def send(encoded: str, offset: int) -> None:
                 try:
-                    await self.call("file_write_chunk", {"handle": handle, "data": encoded, "offset": offset})
+                    await self.call(Method.FILE_WRITE_CHUNK, {"handle": handle, "data": encoded, "offset": offset})
                 finally:
                     window.release()
 
@@ -290,12 +291,12 @@ class Sandbox:
                         await window.acquire()
                         tg.start_soon(send, Base64Text(base64.b64encode(part).decode("ascii")), position)
                         position += len(part)
-            result = await self.call("file_write_close", {"handle": handle, "commit": True})
+            result = await self.call(Method.FILE_WRITE_CLOSE, {"handle": handle, "commit": True})
             committed = True
             return FileWritten.model_validate(result)
         finally:
             if not committed:
-                await self._close_quietly("file_write_close", {"handle": handle, "commit": False})
+                await self._close_quietly(Method.FILE_WRITE_CLOSE, {"handle": handle, "commit": False})
 
     async def read_file(
         self,
@@ -308,7 +309,7 @@ class Sandbox:
     ) -> FileContent:
         """What the read_file tool returns: text (or base64), capped, by lines when asked."""
         result = await self.call(
-            "read_file",
+            Method.READ_FILE,
             {"path": path, "encoding": encoding, "offset": offset, "limit": limit, "session_id": session_id},
         )
         return FileContent.model_validate(result)
@@ -318,7 +319,7 @@ class Sandbox:
     ) -> bytearray:
         """A whole file, moved in chunks into one buffer: memory for the file once. With
         ``max_bytes``, a bigger file raises FILE_TOO_LARGE."""
-        opened = await self.call("file_read_open", {"path": path, "session_id": session_id})
+        opened = await self.call(Method.FILE_READ_OPEN, {"path": path, "session_id": session_id})
         try:
             if max_bytes is not None and opened["size"] > max_bytes:
                 raise SandboxError(
@@ -328,16 +329,16 @@ class Sandbox:
                 )
             return await self._read_into(opened["handle"], 0, opened["size"], max_bytes)
         finally:
-            await self._close_quietly("file_read_close", {"handle": opened["handle"]})
+            await self._close_quietly(Method.FILE_READ_CLOSE, {"handle": opened["handle"]})
 
     async def read_file_tail(self, path: str, nbytes: int, *, session_id: str | None = None) -> tuple[bytearray, int]:
         """The last ``nbytes`` of a file (all of a smaller one) and the file's size."""
-        opened = await self.call("file_read_open", {"path": path, "session_id": session_id})
+        opened = await self.call(Method.FILE_READ_OPEN, {"path": path, "session_id": session_id})
         try:
             start = max(opened["size"] - nbytes, 0)
             return await self._read_into(opened["handle"], start, opened["size"] - start, nbytes), opened["size"]
         finally:
-            await self._close_quietly("file_read_close", {"handle": opened["handle"]})
+            await self._close_quietly(Method.FILE_READ_CLOSE, {"handle": opened["handle"]})
 
     async def _read_into(self, handle: str, start: int, size: int, max_bytes: int | None) -> bytearray:
         """Read ``size`` bytes from ``start``, a few chunks in flight at once so that the agent's
@@ -366,17 +367,17 @@ class Sandbox:
 
     async def read_file_chunks(self, path: str, *, session_id: str | None = None) -> AsyncIterator[bytes]:
         """A file as a stream of chunks; the next chunk is fetched only when asked for."""
-        opened = await self.call("file_read_open", {"path": path, "session_id": session_id})
+        opened = await self.call(Method.FILE_READ_OPEN, {"path": path, "session_id": session_id})
         try:
             offset = 0
             while data := await self._read_chunk(opened["handle"], offset):
                 offset += len(data)
                 yield data
         finally:
-            await self._close_quietly("file_read_close", {"handle": opened["handle"]})
+            await self._close_quietly(Method.FILE_READ_CLOSE, {"handle": opened["handle"]})
 
     async def _read_chunk(self, handle: str, offset: int) -> bytes:
-        result = await self.call("file_read_chunk", {"handle": handle, "offset": offset, "size": FILE_CHUNK})
+        result = await self.call(Method.FILE_READ_CHUNK, {"handle": handle, "offset": offset, "size": FILE_CHUNK})
         return base64.b64decode(result["data"])
 
     async def _close_quietly(self, method: str, params: dict[str, Any]) -> None:
@@ -395,7 +396,7 @@ class Sandbox:
         session_id: str | None = None,
     ) -> FileList:
         result = await self.call(
-            "list_files",
+            Method.LIST_FILES,
             {"path": path, "recursive": recursive or None, "include_hidden": include_hidden or None,
              "session_id": session_id},
         )
@@ -403,18 +404,18 @@ class Sandbox:
         return FileList.model_validate(result)
 
     async def mkdir(self, path: str, *, recursive: bool = False, session_id: str | None = None) -> DirectoryCreated:
-        result = await self.call("mkdir", {"path": path, "recursive": recursive or None, "session_id": session_id})
+        result = await self.call(Method.MKDIR, {"path": path, "recursive": recursive or None, "session_id": session_id})
         return DirectoryCreated.model_validate(result)
 
     async def delete_file(self, path: str, *, recursive: bool = False, session_id: str | None = None) -> FileDeleted:
-        result = await self.call("delete_file", {"path": path, "recursive": recursive or None, "session_id": session_id})
+        result = await self.call(Method.DELETE_FILE, {"path": path, "recursive": recursive or None, "session_id": session_id})
         return FileDeleted.model_validate(result)
 
     async def move_file(
         self, source: str, destination: str, *, overwrite: bool = False, session_id: str | None = None
     ) -> FileMoved:
         result = await self.call(
-            "move_file",
+            Method.MOVE_FILE,
             {"source": source, "destination": destination, "overwrite": overwrite or None, "session_id": session_id},
         )
         return FileMoved.model_validate(result)
@@ -430,7 +431,7 @@ class Sandbox:
         env: dict[str, str | None] | None = None,
     ) -> CodeContextCreated:
         result = await self.call(
-            "create_code_context", {"language": language, "context_id": context_id, "cwd": cwd, "env": env}
+            Method.CREATE_CODE_CONTEXT, {"language": language, "context_id": context_id, "cwd": cwd, "env": env}
         )
         return CodeContextCreated.model_validate(result)
 
@@ -446,11 +447,11 @@ class Sandbox:
         """Run code in a context (default: the language's default context, python unless given)."""
 
         async def notify(method: str, params: dict[str, Any]) -> None:
-            if on_output is not None and method == "output":
+            if on_output is not None and method == OUTPUT:
                 await on_output(params["stream"], params["data"], params["total"])
 
         result = await self._stoppable(
-            "run_code",
+            Method.RUN_CODE,
             {
                 "code": code, "context_id": context_id, "language": language, "timeout": timeout,
                 "stream": on_output is not None or None,
@@ -460,13 +461,13 @@ class Sandbox:
         return CodeResult.model_validate(result)
 
     async def list_code_contexts(self) -> CodeContextList:
-        result = await self.call("list_code_contexts", {})
+        result = await self.call(Method.LIST_CODE_CONTEXTS, {})
         return CodeContextList(
             contexts=[CodeContextInfo.model_validate(_with_times(c, "created_at", "last_used_at")) for c in result["contexts"]]
         )
 
     async def delete_code_context(self, context_id: str) -> CodeContextDeleted:
-        return CodeContextDeleted.model_validate(await self.call("delete_code_context", {"context_id": context_id}))
+        return CodeContextDeleted.model_validate(await self.call(Method.DELETE_CODE_CONTEXT, {"context_id": context_id}))
 
 
 async def _iterate(chunks: Iterable[Bytes] | AsyncIterable[Bytes]) -> AsyncIterator[Bytes]:

@@ -97,7 +97,7 @@ class Contexts:
         self._max_output: int = config["max_output"]
         self._default_timeout: float = config["command_timeout"]  # --command-timeout, as for exec
         # Each context is an interpreter process: the defaults count too.
-        self._max_contexts: int = config.get("limits", {}).get("max_code_contexts", 8)
+        self._max_contexts: int = config["limits"]["max_code_contexts"]
         self._spills = Spills.at(os.path.join(config["state_dir"], "output"))
         self.contexts: Dict[str, Context] = {}
         self._ids = Ids("ctx-%d")

@@ -13,6 +13,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List
 
+from .api import DEFAULT_SESSION_IDLE_TIMEOUT, PROTOCOL_VERSION, Hello, Method
 from .children import _PR_SET_DUMPABLE, _PR_SET_PDEATHSIG, Children, prctl
 from .jobs import Jobs
 from .pipes import enlarge_pipe
@@ -23,8 +24,6 @@ from .sessions import Sessions
 if TYPE_CHECKING:
     from .contexts import Contexts
     from .files import Files
-
-PROTOCOL_VERSION = 1
 
 
 def main() -> None:
@@ -120,46 +119,47 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
     def file_op(method: str) -> Handler:
         return simple(lambda p: getattr(files(), method)(p))
 
+    def stop_all() -> Dict[str, Any]:
+        children.kill(None, "")
+        return {}
+
     async def expire_contexts(idle_seconds: float) -> None:
         if loaded_contexts:
             await loaded_contexts[0].expire_idle(idle_seconds)
 
-    def stop_all(_: Dict[str, Any]) -> Dict[str, Any]:
-        children.kill(None, "")
-        return {"stopped": True}
-
     handlers: Dict[str, Handler] = {
-        "hello": simple(lambda p: {"protocol": PROTOCOL_VERSION, "pid": os.getpid(), "python": sys.version.split()[0]}),
-        "exec": sessions.exec,
-        "create_session": simple(sessions.create),
-        "list_sessions": simple(lambda p: sessions.list()),
-        "delete_session": simple(lambda p: sessions.delete(p["session_id"])),
-        "set_env_vars": simple(sessions.set_env),
-        "start_process": simple(processes.start),
-        "list_processes": simple(processes.list),
-        "get_process": simple(processes.info),
-        "get_process_logs": simple(processes.logs),
-        "send_process_input": simple(processes.send_input),
-        "kill_process": simple(processes.kill),
-        "kill_all_processes": simple(processes.kill_all),
+        Method.HELLO: simple(lambda p: Hello(protocol=PROTOCOL_VERSION, pid=os.getpid(), python=sys.version.split()[0])),
+        Method.EXEC: sessions.exec,
+        Method.CREATE_SESSION: simple(sessions.create),
+        Method.LIST_SESSIONS: simple(lambda p: sessions.list()),
+        Method.DELETE_SESSION: simple(lambda p: sessions.delete(p["session_id"])),
+        Method.SET_ENV_VARS: simple(sessions.set_env),
+        Method.START_PROCESS: simple(processes.start),
+        Method.LIST_PROCESSES: simple(processes.list),
+        Method.GET_PROCESS: simple(processes.info),
+        Method.GET_PROCESS_LOGS: simple(processes.logs),
+        Method.SEND_PROCESS_INPUT: simple(processes.send_input),
+        Method.KILL_PROCESS: simple(processes.kill),
+        Method.KILL_ALL_PROCESSES: simple(processes.kill_all),
         # The host found the sandbox over a limit (its disk budget): everything running stops.
-        "stop_all": simple(stop_all),
-        "write_file": file_op("write"),
-        "file_write_open": file_op("write_open"),
-        "file_write_chunk": file_op("write_chunk"),
-        "file_write_close": file_op("write_close"),
-        "read_file": file_op("read"),
-        "file_read_open": file_op("read_open"),
-        "file_read_chunk": file_op("read_chunk"),
-        "file_read_close": file_op("read_close"),
-        "list_files": file_op("list"),
-        "mkdir": file_op("mkdir"),
-        "delete_file": file_op("delete"),
-        "move_file": file_op("move"),
-        "create_code_context": simple(lambda p: contexts().create(p)),
-        "run_code": lambda request: contexts().run(request),
-        "list_code_contexts": simple(lambda p: contexts().list()),
-        "delete_code_context": simple(lambda p: contexts().delete(p["context_id"])),
+        # Every answer is an object (the host's channel checks), so this one is empty.
+        Method.STOP_ALL: simple(lambda p: stop_all()),
+        Method.WRITE_FILE: file_op("write"),
+        Method.FILE_WRITE_OPEN: file_op("write_open"),
+        Method.FILE_WRITE_CHUNK: file_op("write_chunk"),
+        Method.FILE_WRITE_CLOSE: file_op("write_close"),
+        Method.READ_FILE: file_op("read"),
+        Method.FILE_READ_OPEN: file_op("read_open"),
+        Method.FILE_READ_CHUNK: file_op("read_chunk"),
+        Method.FILE_READ_CLOSE: file_op("read_close"),
+        Method.LIST_FILES: file_op("list"),
+        Method.MKDIR: file_op("mkdir"),
+        Method.DELETE_FILE: file_op("delete"),
+        Method.MOVE_FILE: file_op("move"),
+        Method.CREATE_CODE_CONTEXT: simple(lambda p: contexts().create(p)),
+        Method.RUN_CODE: lambda request: contexts().run(request),
+        Method.LIST_CODE_CONTEXTS: simple(lambda p: contexts().list()),
+        Method.DELETE_CODE_CONTEXT: simple(lambda p: contexts().delete(p["context_id"])),
     }
     connection = Connection(in_fd, out_fd, handlers, line_limit(config["max_output"]))
     stopping = loop.create_future()
@@ -167,7 +167,7 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
         loop.add_signal_handler(sig, _set_once, stopping)
     serving = loop.create_task(connection.serve())
     janitor = loop.create_task(
-        expire_idle(config.get("session_idle_timeout", 900.0), [sessions.expire_idle, expire_contexts])
+        expire_idle(config.get("session_idle_timeout", DEFAULT_SESSION_IDLE_TIMEOUT), [sessions.expire_idle, expire_contexts])
     )
     await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
     # The host is gone or asked us to stop: nothing started in the sandbox may outlive us.

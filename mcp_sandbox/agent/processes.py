@@ -122,7 +122,7 @@ class Processes:
         self._children = children
         self._sessions = sessions
         self._max_output: int = config["max_output"]
-        self._max_running: int = config.get("limits", {}).get("max_processes", 64)
+        self._max_running: int = config["limits"]["max_processes"]
         self._path = config["env"].get("PATH", os.defpath)
         self._bash = shutil.which("bash", path=self._path) or "/bin/bash"
         self._dir = os.path.join(config["state_dir"], "processes")

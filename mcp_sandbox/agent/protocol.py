@@ -13,6 +13,8 @@ import json
 import os
 from typing import Any, Awaitable, Callable, Dict, List, Optional
 
+from .api import CANCEL
+
 
 class AgentError(Exception):
     """An error with one of the codes the README lists under "Tools", reported to the host as-is."""
@@ -102,7 +104,7 @@ class Connection:
                 message = json.loads(line)
             except ValueError:
                 continue
-            if message.get("method") == "cancel":
+            if message.get("method") == CANCEL:
                 task = self._tasks.get(message.get("params", {}).get("id"))
                 if task is not None:
                     task.cancel()

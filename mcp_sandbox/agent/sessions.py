@@ -116,7 +116,7 @@ class Sessions:
         self._base_env: Dict[str, str] = config["env"]
         self._max_output: int = config["max_output"]
         self._command_timeout: float = config["command_timeout"]
-        self._max_sessions: int = config.get("limits", {}).get("max_sessions", 32)
+        self._max_sessions: int = config["limits"]["max_sessions"]
         self._dir = os.path.join(config["state_dir"], "sessions")
         self._spills = Spills.at(os.path.join(config["state_dir"], "output"))
         self._bash = shutil.which("bash", path=self._base_env.get("PATH")) or "/bin/bash"

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
+from ..agent import api
 from ..disk import DiskBudget
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 
 @dataclass
@@ -20,26 +24,37 @@ class SandboxSpec:
 
 @dataclass
 class AgentConfig:
-    """What the agent is told at start (see agent/main.py)."""
+    """What the agent is told at start (agent/api.py Config), less where it runs."""
 
-    max_output: int
-    command_timeout: float
-    session_idle_timeout: float = 900.0
-    limits: dict[str, int] = field(default_factory=dict)  # max_sessions, max_processes, max_code_contexts
+    max_output: int = api.DEFAULT_MAX_OUTPUT
+    command_timeout: float = api.DEFAULT_COMMAND_TIMEOUT
+    session_idle_timeout: float = api.DEFAULT_SESSION_IDLE_TIMEOUT
+    limits: api.Limits = field(default_factory=lambda: api.Limits(**api.DEFAULT_LIMITS))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AgentConfig:
+        """The one place the agent's settings come from; the limits are named as in Settings."""
+        return cls(
+            max_output=settings.max_output,
+            command_timeout=settings.command_timeout,
+            session_idle_timeout=settings.session_idle_timeout,
+            limits=cast(api.Limits, {name: getattr(settings, name) for name in api.DEFAULT_LIMITS}),
+        )
 
     def for_agent(self, sandbox_id: str, workspace: str, env: dict[str, str], **extra: Any) -> dict[str, Any]:
-        """The JSON the agent is started with; paths are as seen inside the sandbox."""
-        return {
+        """The JSON the agent is started with (api.Config); paths are as seen inside the sandbox,
+        ``extra`` holds a backend's own keys."""
+        config: api.Config = {
             "sandbox_id": sandbox_id,
             "workspace": workspace,
-            "state_dir": "/tmp/.mcp-sandbox",
+            "state_dir": api.STATE_DIR,
             "env": env,
             "max_output": self.max_output,
             "command_timeout": self.command_timeout,
             "session_idle_timeout": self.session_idle_timeout,
             "limits": self.limits,
-            **extra,
         }
+        return {**config, **extra}
 
 
 class AgentHandle(Protocol):
