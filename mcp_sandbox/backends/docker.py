@@ -58,7 +58,7 @@ LABEL_TENANT = "mcp-sandbox.tenant"
 WORKSPACE = "/workspace"
 AGENT_DIR = "/tmp/.mcp-sandbox/agent"  # where STDIN_BOOTSTRAP unpacks the agent
 STATE_DIR = "/tmp/.mcp-sandbox"
-HELLO_TIMEOUT = 60.0
+STOPPED_OUTPUT_TIMEOUT = 5.0
 # Containers of servers on other machines are left alone while they may still be starting.
 FOREIGN_GRACE = 600.0
 
@@ -94,6 +94,7 @@ class DockerAgent:
         if self._destroyed:
             return
         self._destroyed = True
+        self.stream.silent_end = ""  # the end that follows is ours, not the agent failing to start
         with anyio.CancelScope(shield=True):
             try:
                 # Removing first: closing the stream first would start the engine's own removal
@@ -144,17 +145,43 @@ class DockerBackend:
         stream: ContainerStream | None = None
         try:
             sock = await anyio.to_thread.run_sync(self._attach_and_start, container_id, image)
-            stream = ContainerStream(await wrap_attach_socket(sock), spec.sandbox_id)
-            await stream.send(self._bundle)
-            handle = DockerAgent(stream, self.client, container_id, self.isolation)
-            await self._hello(handle, image)
+            # The manager's hello is the agent's first request; an agent that cannot run in this
+            # image ends before answering it, and the stream then says why in the server log.
+            stream = ContainerStream(
+                await wrap_attach_socket(sock), spec.sandbox_id,
+                silent_end=f"the sandbox agent stopped before its first answer in image {image!r}, "
+                "which needs python3 >= 3.8",
+            )
+            await self._send_bundle(stream, self._bundle, image)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(remove_container, self.client, container_id)
                 if stream is not None:
                     await stream.aclose()
             raise
-        return handle
+        return DockerAgent(stream, self.client, container_id, self.isolation)
+
+    async def _send_bundle(self, stream: ContainerStream, bundle: bytes, image: str) -> None:
+        """Send the agent down the container's stdin; a container that is gone already could not
+        even start python3 on the bundle, and what it wrote says why."""
+        try:
+            await stream.send(bundle)
+            return
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            problem = f"it stopped ({type(exc).__name__})"
+        with anyio.move_on_after(STOPPED_OUTPUT_TIMEOUT):  # what the engine still holds of its output
+            try:
+                while True:
+                    await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                pass
+        stderr = stream.stderr_tail.decode("utf-8", "replace").strip()
+        raise SandboxError(
+            "BACKEND_UNAVAILABLE",
+            f"the sandbox agent did not start in image {image!r}: {problem}"
+            + (f"; its output: {stderr[-1000:]}" if stderr else "")
+            + "; the image needs python3 >= 3.8",
+        )
 
     def _create(self, spec: SandboxSpec, image: str, agent_config: dict[str, Any], network: bool) -> str:
         s = self.settings
@@ -222,30 +249,6 @@ class DockerBackend:
                 ) from exc
             raise SandboxError("BACKEND_UNAVAILABLE", f"Docker could not start the sandbox container ({exc})") from exc
         return sock
-
-    async def _hello(self, handle: DockerAgent, image: str) -> None:
-        """Wait for the agent's first answer, to report an image it cannot run in clearly.
-
-        Request id 0 is never used by the channel, which starts at 1.
-        """
-        try:
-            with anyio.fail_after(HELLO_TIMEOUT):
-                await handle.stream.send(b'{"id":0,"method":"hello","params":{}}\n')
-                answer = json.loads(await handle.stream.receive_line())
-            if "result" in answer:
-                return
-            problem = f"it answered {answer!r}"
-        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError, ValueError) as exc:
-            problem = f"it stopped ({type(exc).__name__})"
-        except TimeoutError:
-            problem = f"it did not answer within {HELLO_TIMEOUT:.0f} s"
-        stderr = handle.stream.stderr_tail.decode("utf-8", "replace").strip()
-        raise SandboxError(
-            "BACKEND_UNAVAILABLE",
-            f"the sandbox agent did not start in image {image!r}: {problem}"
-            + (f"; its output: {stderr[-1000:]}" if stderr else "")
-            + "; the image needs python3 >= 3.8",
-        )
 
     async def reap_orphans(self) -> None:
         await anyio.to_thread.run_sync(self._reap)

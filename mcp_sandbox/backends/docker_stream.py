@@ -21,12 +21,14 @@ class ContainerStream(ByteStream):
     What the container writes arrives multiplexed: frames of an 8-byte header (stream: 1 stdout,
     2 stderr; three zero bytes; big-endian length) and a payload. ``receive`` returns stdout only;
     stderr goes to the server log, its tail kept for error messages. What is sent goes to stdin
-    as is.
+    as is. ``silent_end`` is logged if the container ends without a byte on stdout.
     """
 
-    def __init__(self, raw: ByteStream, name: str) -> None:
+    def __init__(self, raw: ByteStream, name: str, silent_end: str = "") -> None:
         self._raw = raw
         self._name = name
+        self.silent_end = silent_end
+        self._spoke = False
         self._buffer = bytearray()
         self._stdout = bytearray()
         self._frame_stream = 0
@@ -40,6 +42,8 @@ class ContainerStream(ByteStream):
                 chunk = await self._raw.receive()
             except anyio.EndOfStream:
                 self._flush_stderr()
+                if not self._spoke and self.silent_end:
+                    logger.warning("%s: %s", self._name, self.silent_end)
                 raise
             self._parse(chunk)
         data = bytes(self._stdout[:max_bytes])
@@ -68,6 +72,7 @@ class ContainerStream(ByteStream):
             n = min(self._frame_left, len(buffer))
             if self._frame_stream == 1:
                 self._stdout += buffer[:n]
+                self._spoke = True
             else:
                 self._stderr(bytes(buffer[:n]))
             del buffer[:n]
