@@ -50,14 +50,6 @@ class ContainerStream(ByteStream):
         del self._stdout[:max_bytes]
         return data
 
-    async def receive_line(self) -> bytes:
-        """One line of stdout, without its newline; the rest stays for ``receive``."""
-        while (end := self._stdout.find(b"\n")) < 0:
-            self._parse(await self._raw.receive())
-        line = bytes(self._stdout[:end])
-        del self._stdout[: end + 1]
-        return line
-
     def _parse(self, chunk: bytes) -> None:
         buffer = self._buffer
         buffer += chunk
