@@ -9,13 +9,12 @@ server's end of the socket closes, even because the server was killed, the engin
 agent's stdin, the agent exits with everything it started, and the engine removes the container
 (``auto_remove``). Every container is labelled with the server instance that owns it, and a server
 removes at start what servers that are gone left behind.
+
 The parts: ``docker_engine`` (finding and connecting to the engine), ``docker_images``,
 ``docker_stream`` (the attached socket's framing), ``ownership`` (which server owns a container),
 and ``agent.bundle`` (what is sent down stdin first); this module creates, starts and removes the
 containers.
 """
-
-from __future__ import annotations
 
 from __future__ import annotations
 
