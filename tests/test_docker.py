@@ -26,8 +26,11 @@ import pytest
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
+from mcp_sandbox.agent.bundle import write_bundle
 from mcp_sandbox.backends import docker as docker_backend
-from mcp_sandbox.backends.local import LocalBackend, process_start_time
+from mcp_sandbox.backends import docker_stream
+from mcp_sandbox.backends.local import LocalBackend
+from mcp_sandbox.backends.ownership import process_start_time
 from mcp_sandbox.errors import SandboxError
 from mcp_sandbox.manager import make_backend
 
@@ -393,7 +396,7 @@ async def test_image_build_command(tmp_path: Path) -> None:
 async def test_attach_stream_demultiplexes_stdout_and_keeps_stderr(caplog: pytest.LogCaptureFixture) -> None:
     """The framing the engine uses, over a real socket pair, cut at awkward places."""
     ours, engine = socket.socketpair()
-    stream = docker_backend.ContainerStream(docker_backend.BlockingSocketStream(ours), "sbx_test")
+    stream = docker_stream.ContainerStream(docker_stream.BlockingSocketStream(ours), "sbx_test")
 
     def frame(kind: int, payload: bytes) -> bytes:
         return bytes([kind, 0, 0, 0]) + len(payload).to_bytes(4, "big") + payload
@@ -402,12 +405,11 @@ async def test_attach_stream_demultiplexes_stdout_and_keeps_stderr(caplog: pytes
     for i in range(0, len(wire), 3):
         engine.sendall(wire[i : i + 3])
     engine.shutdown(socket.SHUT_WR)
-    assert await stream.receive_line() == b'{"a":1}'
     received = b""
     with pytest.raises(anyio.EndOfStream):
         while True:
             received += await stream.receive()
-    assert received == b"rest\n"
+    assert received == b'{"a":1}\nrest\n'
     assert bytes(stream.stderr_tail) == b"warning\n"
     assert "sbx_test: warning" in caplog.text
     await stream.send(b"to stdin")
@@ -417,7 +419,7 @@ async def test_attach_stream_demultiplexes_stdout_and_keeps_stderr(caplog: pytes
 
 
 def test_agent_bundle_holds_the_agent_only() -> None:
-    bundle = docker_backend.agent_bundle()
+    bundle = write_bundle()
     size = int(bundle[:10])
     entries = json.loads(bundle[10 : 10 + size])
     names = [name for name, _ in entries]

@@ -16,7 +16,8 @@ import anyio
 import pytest
 
 from mcp_sandbox.backends import cgroups
-from mcp_sandbox.backends.local import LocalBackend, process_start_time
+from mcp_sandbox.backends.local import LocalBackend
+from mcp_sandbox.backends.ownership import process_start_time
 from mcp_sandbox.manager import SandboxManager
 
 from .conftest import Tools, require_backend, settings_for, unavailable

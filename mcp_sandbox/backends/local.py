@@ -35,6 +35,7 @@ from ..sizes import parse_size
 from . import bwrap, cgroups, slirp
 from .base import AgentConfig, SandboxSpec
 from .hostuser import current_user, resolve_user
+from .ownership import owner_file_alive, server_alive, server_name, write_owner
 
 logger = logging.getLogger(__name__)
 
@@ -49,15 +50,6 @@ AGENT_HOST_PATHS = bwrap.outside_system(
 )
 # A sandbox that can import the agent can run it: what --isolation bwrap is checked with at start.
 PROBE = (AGENT_PYTHON, "-I", "-S", "-c", "import sys; sys.path.insert(0, sys.argv[1]); import agent.main", AGENT_DIR)
-OWNER_FILE = "owner.json"
-
-
-def process_start_time(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return None
 
 
 def remove_tree(path: Path) -> None:
@@ -73,17 +65,6 @@ def remove_tree(path: Path) -> None:
             pass
 
     shutil.rmtree(path, onerror=fix_and_retry)
-
-
-def server_name() -> str:
-    """This server among others on the host, as its cgroups are named: ``srv-<pid>-<start time>``."""
-    return f"srv-{os.getpid()}-{process_start_time(os.getpid())}"
-
-
-def server_alive(name: str) -> bool:
-    """Whether the server a ``server_name()`` names still runs."""
-    _, pid, start = name.split("-", 2)
-    return pid.isdigit() and process_start_time(int(pid)) == start
 
 
 def processes_of(uid: int) -> int:
@@ -206,9 +187,7 @@ class LocalBackend:
         directory = self.root / spec.sandbox_id
         directory.mkdir(parents=True)
         bwrap.make_own_dirs(directory, self.uid, self.gid)
-        (directory / OWNER_FILE).write_text(
-            json.dumps({"pid": os.getpid(), "start_time": process_start_time(os.getpid())})
-        )
+        write_owner(directory)
         if self.isolation == "bwrap":
             workspace, tmp = "/workspace", "/tmp"
         else:
@@ -301,12 +280,7 @@ class LocalBackend:
         if self.cgroups is not None:
             await anyio.to_thread.run_sync(self.cgroups.reap, server_alive)
         for directory in self.root.iterdir() if self.root.is_dir() else ():
-            try:
-                owner = json.loads((directory / OWNER_FILE).read_text())
-            except (OSError, ValueError):
-                owner = {}
-            pid = owner.get("pid")
-            if isinstance(pid, int) and process_start_time(pid) == owner.get("start_time") and pid != 0:
+            if owner_file_alive(directory):
                 continue
             logger.info("removing %s, left by a server that is gone", directory)
             await anyio.to_thread.run_sync(remove_tree, directory)
