@@ -15,13 +15,10 @@ from mcp_types import BlobResourceContents, ImageContent, TextResourceContents
 from mcp_sandbox.manager import SandboxManager
 
 from .conftest import Tools, settings_for
+from .helpers import workspace
 
 pytestmark = pytest.mark.anyio
 
-
-async def workspace(mcp: Tools) -> str:
-    """The sandbox's workspace: tests keep their files there (without isolation /tmp is the host's)."""
-    return str((await mcp("sandbox_info"))["workspace"])
 
 ALL_BYTES = bytes(range(256))
 
