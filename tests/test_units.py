@@ -22,6 +22,7 @@ from mcp_sandbox.sizes import format_size, parse_size
 from mcp_sandbox.stdio import _undecodable
 from mcp_sandbox.tenants import read_tokens_file
 from mcp_sandbox.tools.code import render_code
+from mcp_sandbox.tools.common import duration
 from mcp_sandbox.tools.processes import render_logs
 from mcp_sandbox.tools.sessions import render_exec
 
@@ -173,3 +174,7 @@ def test_render_logs_says_scope_and_cut() -> None:
     ]
     quiet = r.model_copy(update={"stdout": "", "status": "completed", "exit_code": 0, "matched": None})
     assert render_logs(quiet, None, True, None).endswith("(no output)")
+
+
+def test_durations_as_people_say_them() -> None:
+    assert [duration(s) for s in (0.5, 120, 900, 930, 7200, 5400)] == ["0.5 s", "120 s", "15 min", "930 s", "2 h", "90 min"]
