@@ -49,6 +49,26 @@ def pids_with(marker: str, *, exact: bool = False) -> list[int]:
     return found
 
 
+def memory_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status, such as VmRSS or VmHWM (its peak)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(field)
+
+
+def reset_peak_rss() -> bool:
+    """Start VmHWM afresh at the current RSS, to measure what one step costs; False where the
+    kernel does not let us."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 async def workspace(mcp: Tools) -> str:
     """The sandbox's workspace: tests keep their files there (without isolation /tmp is the host's)."""
     return str((await mcp("sandbox_info"))["workspace"])
