@@ -141,8 +141,9 @@ def output_sections(r: HasOutput, note: Callable[[str | None], str], *, mark_end
     """The non-empty streams as ``--- stdout (note) ---`` sections, each followed by its text.
 
     ``note(file)`` says where the whole stream is (empty: nothing to say). With ``mark_end``
-    the text is shown as it is, a missing final newline marked, as a shell user would want to
-    know; without, trailing newlines are dropped (run_code output is read, not parsed).
+    the text is shown as it is, a missing final newline marked (exec and process logs: what a
+    command printed, to the byte); without, trailing newlines are dropped (run_code, whose
+    sections go on with its results).
     """
     parts = []
     for name, text, path in (("stdout", r.stdout, r.stdout_file), ("stderr", r.stderr, r.stderr_file)):
