@@ -64,11 +64,11 @@ async def test_the_agent_checks_names_in_full_too(backend: str, tmp_path: Path) 
             ("kill_process", {"process_id": "nosuch", "signal": "TERM\n"}),
         ):
             with pytest.raises(SandboxError) as caught:
-                await sandbox.channel.request(method, params)
+                await sandbox.channel.request(method, params, timeout=30)
             assert caught.value.code in ("INVALID_ARGUMENT", "PROCESS_NOT_FOUND"), (method, caught.value)
             assert caught.value.code == "INVALID_ARGUMENT" or method == "kill_process"
         with pytest.raises(SandboxError, match="not valid") as caught:
-            await sandbox.channel.request("create_session", {"session_id": "s\n"})
+            await sandbox.channel.request("create_session", {"session_id": "s\n"}, timeout=30)
         assert caught.value.code == "INVALID_ARGUMENT"
 
 
