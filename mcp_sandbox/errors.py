@@ -32,7 +32,7 @@ ErrorCode = Literal[
 class SandboxError(Exception):
     """Raised wherever a problem is known; the MCP layer turns it into ``CODE: message``."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(f"{code}: {message}")
-        self.code = code
+        self.code: ErrorCode = code
         self.message = message

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,17 +15,15 @@ import anyio
 import mcp_types as types
 import pytest
 from mcp.client import Client
-from mcp.client.stdio import StdioServerParameters
 from mcp.shared.exceptions import MCPDeprecationWarning
 
 from mcp_sandbox.manager import SandboxManager
 from mcp_sandbox.server import build_server
 
 from .conftest import Tools, require_backend, settings_for
+from .helpers import server_params
 
 pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")]
-
-COMMAND = str(Path(sys.executable).parent / "mcp-sandbox")
 
 
 class Messages:
@@ -116,11 +113,7 @@ async def test_2026_clients_ask_per_request(tmp_path: Path) -> None:
 
 async def test_over_stdio_with_the_installed_command(tmp_path: Path) -> None:
     messages = Messages()
-    params = StdioServerParameters(
-        command=COMMAND,
-        args=["--backend", "local", "--isolation", "none", "--workspace-root", str(tmp_path / "root")],
-        env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")},
-    )
+    params = server_params("--backend", "local", "--isolation", "none", "--workspace-root", str(tmp_path / "root"))
     async with Client(params, mode="legacy", logging_callback=messages) as client:
         await set_level(client, "warning")
         await Tools(client, "none").sh("echo hi")

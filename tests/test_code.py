@@ -17,6 +17,7 @@ import pytest
 from mcp_types import ImageContent, TextContent
 
 from .conftest import Tools, unavailable
+from .helpers import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -324,11 +325,7 @@ async def test_contexts_die_with_their_sandbox(mcp: Tools) -> None:
     pid = int(texts(await run(mcp, "import os\nos.getpid()", sandbox_id=sandbox))[0])
     await mcp("destroy", sandbox_id=sandbox)
     if mcp.backend == "none":  # elsewhere the sandbox's pids are in a namespace of their own
-        for _ in range(50):
-            if not os.path.exists(f"/proc/{pid}"):
-                break
-            await anyio.sleep(0.1)
-        assert not os.path.exists(f"/proc/{pid}")
+        assert await eventually(lambda: not os.path.exists(f"/proc/{pid}"), 5)
     assert "SANDBOX_NOT_FOUND" in await mcp.error("run_code", code="1", sandbox_id=sandbox)
 
 

@@ -15,13 +15,10 @@ from mcp_types import BlobResourceContents, ImageContent, TextResourceContents
 from mcp_sandbox.manager import SandboxManager
 
 from .conftest import Tools, settings_for
+from .helpers import memory_kib, reset_peak_rss, workspace
 
 pytestmark = pytest.mark.anyio
 
-
-async def workspace(mcp: Tools) -> str:
-    """The sandbox's workspace: tests keep their files there (without isolation /tmp is the host's)."""
-    return str((await mcp("sandbox_info"))["workspace"])
 
 ALL_BYTES = bytes(range(256))
 
@@ -300,26 +297,9 @@ async def test_file_resource(mcp: Tools) -> None:
         await mcp.client.read_resource(f"sandbox://{info['sandbox_id']}/files{ws}/none")
 
 
-def peak_rss_reset() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def memory_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise AssertionError(field)
-
-
 async def test_100_mb_through_the_python_api_in_chunks(tmp_path: Path) -> None:
     """One backend is enough: the transfer is the agent channel's, the same on every backend."""
-    if not peak_rss_reset():
+    if not reset_peak_rss():
         pytest.skip("cannot reset the peak RSS (/proc/self/clear_refs) to measure memory")
     size = 100 << 20
     data = os.urandom(size)
@@ -327,7 +307,7 @@ async def test_100_mb_through_the_python_api_in_chunks(tmp_path: Path) -> None:
     async with SandboxManager(settings_for("none", tmp_path / "sandboxes")) as manager:
         sandbox = await manager.create()
         before = memory_kib("VmRSS")
-        peak_rss_reset()
+        reset_peak_rss()
         written = await sandbox.write_file("big/blob.bin", data)
         write_growth = (memory_kib("VmHWM") - before) * 1024
         assert written.bytes_written == size
@@ -336,7 +316,7 @@ async def test_100_mb_through_the_python_api_in_chunks(tmp_path: Path) -> None:
         del data
 
         before = memory_kib("VmRSS")
-        peak_rss_reset()
+        reset_peak_rss()
         back = await sandbox.read_file_bytes(written.path)
         read_growth = (memory_kib("VmHWM") - before) * 1024
         assert len(back) == size

@@ -30,6 +30,7 @@ from mcp_sandbox.sandbox import Sandbox
 from mcp_sandbox.server import build_server
 
 from .conftest import Tools, require_backend, unavailable
+from .helpers import eventually, memory_kib, reset_peak_rss
 
 pytestmark = pytest.mark.anyio
 
@@ -229,19 +230,6 @@ def write_into(path: str, pieces: Iterable[bytes], stop: threading.Event, second
     return written
 
 
-def memory_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise AssertionError(field)
-
-
-def reset_peak_rss() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
 @asynccontextmanager
 async def served(manager_factory: Any, backend: str, **overrides: Any) -> AsyncIterator[tuple[SandboxManager, Tools]]:
     async with manager_factory(**overrides) as manager:
@@ -275,10 +263,7 @@ async def hit_while_waiting(
 
 async def gone(manager: SandboxManager, sandbox_id: str) -> bool:
     """Whether the server removed the sandbox within a few seconds."""
-    with anyio.move_on_after(10):
-        while sandbox_id in manager.sandboxes:
-            await anyio.sleep(0.05)
-    return sandbox_id not in manager.sandboxes
+    return await eventually(lambda: sandbox_id not in manager.sandboxes)
 
 
 @pytest.mark.parametrize("backend", ["bwrap", "docker"], indirect=True)
@@ -347,7 +332,7 @@ async def test_an_endless_line_does_not_grow_the_server(manager_factory: Any, ba
         sid = (await mcp("create_sandbox"))["sandbox_id"]
         out = channel_out(agent_pid(manager.sandboxes[sid]))
         before = memory_kib("VmRSS")
-        reset_peak_rss()
+        assert reset_peak_rss()
         endless = (b"x" * MiB for _ in range(300))  # 300 MB without a newline
         text, seconds = await hit_while_waiting(mcp, sid, "sleep 30", out, endless)
         growth_mb = (memory_kib("VmHWM") - before) / 1024
@@ -388,7 +373,7 @@ async def flood_from_inside(manager: SandboxManager, mcp: Tools) -> bool:
     root = agent_pid(manager.sandboxes[sid]) if manager.sandboxes[sid].isolation == "none" else 1
     await mcp("write_file", path="/tmp/flood.py", content=FLOOD_EVERY_PIPE, sandbox_id=sid)
     before = memory_kib("VmRSS")
-    reset_peak_rss()
+    assert reset_peak_rss()
     started = await mcp("start_process", command=f"python3 /tmp/flood.py {root} {300 * MiB} 10", sandbox_id=sid)
     logs = await mcp.raw(
         "get_process_logs", process_id=started["process_id"], wait_for_exit=True, timeout=60, sandbox_id=sid

@@ -24,6 +24,7 @@ from mcp_sandbox.errors import SandboxError
 from mcp_sandbox.manager import SandboxManager
 
 from .conftest import Tools, require_backend, settings_for, unavailable
+from .helpers import cmdline, pids_with
 
 pytestmark = pytest.mark.anyio
 
@@ -118,15 +119,15 @@ async def test_sandbox_runs_as_an_unprivileged_host_user(mcp: Tools, tmp_path: P
     await mcp("start_process", command=f"exec -a sleeper-{marker} sleep 300", process_id="sleeper")
     await mcp("write_file", path="made-by-sandbox.txt", content="x")
     sandbox_id = (await mcp("sandbox_info"))["sandbox_id"]
-    sleepers = [pid for pid in os.listdir("/proc") if pid.isdigit() and marker in read_cmdline(pid)]
+    sleepers = [str(pid) for pid in pids_with(marker)]
     assert sleepers, "the sandbox's process is not visible on the host"
-    ours = [pid for pid in os.listdir("/proc") if pid.isdigit() and sandbox_id in read_cmdline(pid)]
+    ours = [str(pid) for pid in pids_with(sandbox_id)]
     # As root, the server's own child is the bubblewrap that builds the view (and the init of its
     # pid namespace, a copy): it runs no sandbox code.
-    outer = {read_cmdline(pid) for pid in ours if status_of(pid)["PPid"].strip() == str(os.getpid())}
-    for pid in set(sleepers + ours) - {pid for pid in ours if read_cmdline(pid) in outer}:
+    outer = {cmdline(pid) for pid in ours if status_of(pid)["PPid"].strip() == str(os.getpid())}
+    for pid in set(sleepers + ours) - {pid for pid in ours if cmdline(pid) in outer}:
         status = status_of(pid)
-        assert {int(u) for u in status["Uid"].split()} == {SANDBOX_UID}, (pid, read_cmdline(pid)[:200])
+        assert {int(u) for u in status["Uid"].split()} == {SANDBOX_UID}, (pid, cmdline(pid)[:200])
         assert {int(g) for g in status["Gid"].split()} == {int(gid)}
         assert status["Groups"].split() in ([], [gid])  # none of the server's groups (docker, ...)
     for pid in sleepers:  # in a user namespace of its own, where nothing maps to host root
@@ -141,11 +142,6 @@ def status_of(pid: str) -> dict[str, str]:
     return dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
 
 
-def read_cmdline(pid: str) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-    except OSError:
-        return ""
 
 
 async def test_sandbox_user_setting_and_cleanup_of_what_it_locked(

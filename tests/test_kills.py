@@ -21,6 +21,7 @@ from mcp_sandbox.backends.ownership import process_start_time
 from mcp_sandbox.manager import SandboxManager
 
 from .conftest import Tools, require_backend, settings_for, unavailable
+from .helpers import eventually, pids_with
 
 pytestmark = pytest.mark.anyio
 
@@ -37,25 +38,9 @@ def escapee() -> tuple[str, str]:
     return f"env -i setsid {marker} &", marker
 
 
-def running(marker: str) -> bool:
-    """A process with this command line runs on the host (any sandbox's, seen from outside)."""
-    needle = marker.replace(" ", "\0").encode()
-    for pid in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if f.read().rstrip(b"\0") == needle:
-                    return True
-        except OSError:
-            pass
-    return False
-
-
 async def becomes(marker: str, alive: bool) -> bool:
-    with anyio.move_on_after(10):
-        while running(marker) != alive:
-            await anyio.sleep(0.05)
-        return True
-    return False
+    """Whether a process with exactly this command line comes to run (or stops) on the host."""
+    return await eventually(lambda: bool(pids_with(marker, exact=True)) == alive)
 
 
 async def test_timeout(mcp: Tools) -> None:

@@ -16,13 +16,9 @@ from mcp_sandbox.manager import SandboxManager
 from mcp_sandbox.server import build_server
 
 from .conftest import Tools, settings_for
+from .helpers import eventually, pids_with, workspace
 
 pytestmark = pytest.mark.anyio
-
-
-async def workspace(mcp: Tools) -> str:
-    """The sandbox's workspace: tests keep their files there (without isolation /tmp is the host's)."""
-    return str((await mcp("sandbox_info"))["workspace"])
 
 
 async def wait_status(mcp: Tools, process_id: str, timeout: float = 20) -> dict[str, Any]:
@@ -345,25 +341,6 @@ async def test_process_log_resource(mcp: Tools) -> None:
             await mcp.client.read_resource(uri)
 
 
-def host_pids_with(token: str) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/cmdline", "rb") as f:
-                    if token.encode() in f.read():
-                        found.append(int(name))
-            except OSError:
-                pass
-    return found
-
-
-async def wait_until(check: Any, timeout: float = 10) -> None:
-    with anyio.fail_after(timeout):
-        while not check():
-            await anyio.sleep(0.1)
-
-
 async def test_destroy_and_server_shutdown_kill_processes(backend: str, tmp_path: Path) -> None:
     token = f"31{os.getpid()}.5"  # a unique sleep length to find the processes on the host
     async with SandboxManager(settings_for(backend, tmp_path / "sandboxes")) as manager:
@@ -371,7 +348,7 @@ async def test_destroy_and_server_shutdown_kill_processes(backend: str, tmp_path
             mcp = Tools(client, backend)
             await mcp("start_process", command=f"sleep {token}", process_id="kept")
             await mcp("get_process_logs", process_id="kept", wait_for="x", timeout=0.5)
-            kept = set(host_pids_with(token))
+            kept = set(pids_with(token))
             if not kept:
                 pytest.skip("the sandbox's processes are not visible from here")
             other = await mcp("create_sandbox")
@@ -379,7 +356,7 @@ async def test_destroy_and_server_shutdown_kill_processes(backend: str, tmp_path
                 "start_process", command=f"setsid sleep {token} & sleep {token}; : second",
                 sandbox_id=other["sandbox_id"],
             )
-            await wait_until(lambda: len(host_pids_with(token)) > len(kept))
+            assert await eventually(lambda: len(pids_with(token)) > len(kept))
             await mcp("destroy", sandbox_id=other["sandbox_id"])
-            await wait_until(lambda: set(host_pids_with(token)) == kept)
-    await wait_until(lambda: not host_pids_with(token))
+            assert await eventually(lambda: set(pids_with(token)) == kept)
+    assert await eventually(lambda: not pids_with(token))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,48 +14,20 @@ from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
 from .conftest import Tools, require_backend
+from .helpers import COMMAND, eventually, pids_with, server_params
 
 pytestmark = pytest.mark.anyio
 
-COMMAND = str(Path(sys.executable).parent / "mcp-sandbox")
 LOCAL = ["bwrap", "none"]
 
 
-def pids_with(marker: str) -> list[int]:
-    """Host processes whose command line contains ``marker``."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                if marker.encode() in f.read().replace(b"\0", b" "):
-                    found.append(int(name))
-        except OSError:
-            continue
-    return found
-
-
-def wait_until(condition: object, seconds: float = 10) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return bool(condition())  # type: ignore[operator]
-
-
-def server_params(isolation: str, root: Path, *extra: str) -> StdioServerParameters:
-    return StdioServerParameters(
-        command=COMMAND,
-        args=["--backend", "local", "--isolation", isolation, "--workspace-root", str(root), *extra],
-        env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")},
-    )
+def local_params(isolation: str, root: Path, *extra: str) -> StdioServerParameters:
+    return server_params("--backend", "local", "--isolation", isolation, "--workspace-root", str(root), *extra)
 
 
 @asynccontextmanager
 async def stdio_server(isolation: str, root: Path, *extra: str) -> AsyncIterator[Tools]:
-    async with Client(server_params(isolation, root, *extra)) as client:
+    async with Client(local_params(isolation, root, *extra)) as client:
         yield Tools(client, isolation)
 
 
@@ -84,11 +54,11 @@ async def test_stdio_server_works_and_cleans_up_on_stdin_close(isolation: str, t
         assert other["sandbox_id"].startswith("sbx_") and len(other["sandbox_id"]) >= 20
         await mcp.sh(f"sleep {marker} &")
         await mcp.sh(f"setsid sleep {marker}1 &", sandbox_id=other["sandbox_id"])
-        assert wait_until(lambda: len(pids_with(f"sleep {marker}")) == 2)
+        assert await eventually(lambda: len(pids_with(f"sleep {marker}")) == 2)
         assert len(list(root.iterdir())) == 2
     # Leaving the client closes the server's stdin: everything must be gone within seconds.
-    assert wait_until(lambda: not pids_with(f"sleep {marker}"))
-    assert wait_until(lambda: not any(root.iterdir()))
+    assert await eventually(lambda: not pids_with(f"sleep {marker}"))
+    assert await eventually(lambda: not any(root.iterdir()))
 
 
 @pytest.mark.parametrize("isolation", LOCAL)
@@ -100,12 +70,12 @@ async def test_signal_destroys_every_sandbox(isolation: str, signum: int, tmp_pa
     with anyio.CancelScope() as scope:
         async with stdio_server(isolation, root) as mcp:
             await mcp.sh(f"setsid sleep {marker} & sleep {marker}2 &")
-            assert wait_until(lambda: len(pids_with(f"sleep {marker}")) == 2)
+            assert await eventually(lambda: len(pids_with(f"sleep {marker}")) == 2)
             pid = server_pid(root)
             os.kill(pid, signum)
-            assert wait_until(lambda: not pids_with(f"sleep {marker}"))
-            assert wait_until(lambda: not any(root.iterdir()))
-            assert wait_until(lambda: not os.path.exists(f"/proc/{pid}"))
+            assert await eventually(lambda: not pids_with(f"sleep {marker}"))
+            assert await eventually(lambda: not any(root.iterdir()))
+            assert await eventually(lambda: not os.path.exists(f"/proc/{pid}"))
             scope.cancel()
 
 
@@ -117,9 +87,9 @@ async def test_sigkill_leaves_no_process_and_next_start_removes_directories(isol
     with anyio.CancelScope() as scope:
         async with stdio_server(isolation, root) as mcp:
             await mcp.sh(f"setsid sleep {marker} & sleep {marker}1 &")
-            assert wait_until(lambda: len(pids_with(f"sleep {marker}")) == 2)
+            assert await eventually(lambda: len(pids_with(f"sleep {marker}")) == 2)
             os.kill(server_pid(root), signal.SIGKILL)
-            assert wait_until(lambda: not pids_with(f"sleep {marker}"))
+            assert await eventually(lambda: not pids_with(f"sleep {marker}"))
             scope.cancel()
     assert any(root.iterdir())  # a crash cannot clean up its directories ...
     async with stdio_server(isolation, root) as mcp:
@@ -143,7 +113,7 @@ async def test_options_from_environment_and_bad_values(tmp_path: Path) -> None:
     assert bad.returncode == 2 and b"command-timeout" in bad.stderr
     bad = await anyio.run_process([COMMAND, "--backend", "nope"], check=False)
     assert bad.returncode == 2
-    params = server_params("none", tmp_path / "root")
+    params = local_params("none", tmp_path / "root")
     params.env = {**(params.env or {}), "MCP_SANDBOX_MAX_OUTPUT": "200"}
     async with Client(params) as client:
         mcp = Tools(client, "none")

@@ -17,6 +17,8 @@ from .common import (
     DESTRUCTIVE,
     READ_ONLY,
     SandboxId,
+    cut_note,
+    output_sections,
     progress_reporter,
     result,
     runs_code,
@@ -65,10 +67,7 @@ def render_code(r: CodeResult) -> str:
     elif r.restarted:
         status += " · interpreter restarted: the context's variables, imports and definitions are gone"
     parts = [status]
-    for name, text, path in (("stdout", r.stdout, r.stdout_file), ("stderr", r.stderr, r.stderr_file)):
-        if text:
-            parts.append(f"--- {name}{f' (cut; full output in {path})' if path else ''} ---")
-            parts.append(text.rstrip("\n"))
+    parts += output_sections(r, cut_note, mark_end=False)
     for index, bundle in enumerate(r.results, 1):
         label = f"result {index}" if len(r.results) > 1 else "result"
         shown = _text_of(bundle)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated, ParamSpec, Protocol, TypeVar
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import (
@@ -50,16 +50,22 @@ Env = Annotated[
 ]
 
 
-def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Turn SandboxError into the tool error text the model reads: ``CODE: message``."""
+def _mapped(fn: Callable[P, Awaitable[R]], to_error: Callable[[SandboxError], Exception]) -> Callable[P, Awaitable[R]]:
+    """``fn`` with the SandboxError it raises replaced by ``to_error(error)``."""
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await fn(*args, **kwargs)
         except SandboxError as exc:
-            raise ToolError(f"{exc.code}: {exc.message}") from None
+            raise to_error(exc) from None
 
+    return wrapper
+
+
+def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn SandboxError into the tool error text the model reads: ``CODE: message``."""
+    wrapper = _mapped(fn, lambda exc: ToolError(f"{exc.code}: {exc.message}"))
     # The docstring becomes the tool's description: without the source's indentation.
     wrapper.__doc__ = inspect.cleandoc(fn.__doc__ or "")
     return wrapper
@@ -95,20 +101,14 @@ def with_settings(settings: Settings) -> Callable[[Callable[P, Awaitable[R]]], C
     return fill
 
 
+def _resource_error(exc: SandboxError) -> Exception:
+    text = f"{exc.code}: {exc.message}"
+    return ResourceNotFoundError(text) if exc.code.endswith("_NOT_FOUND") else ResourceError(text)
+
+
 def resource_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """Turn SandboxError into the resource error a client reads: ``CODE: message``."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await fn(*args, **kwargs)
-        except SandboxError as exc:
-            text = f"{exc.code}: {exc.message}"
-            if exc.code.endswith("_NOT_FOUND"):
-                raise ResourceNotFoundError(text) from None
-            raise ResourceError(text) from None
-
-    return wrapper
+    return _mapped(fn, _resource_error)
 
 
 async def resource_sandbox(manager: SandboxManager, sandbox_id: str) -> Sandbox:
@@ -122,6 +122,44 @@ def result(model: BaseModel, text: str, extra: list[ContentBlock] | None = None)
         content=[TextContent(type="text", text=text), *(extra or [])],
         structured_content=model.model_dump(mode="json"),
     )
+
+
+class HasOutput(Protocol):
+    """What exec, run_code and process logs share: two streams and the files holding them whole."""
+
+    @property
+    def stdout(self) -> str: ...
+    @property
+    def stderr(self) -> str: ...
+    @property
+    def stdout_file(self) -> str | None: ...
+    @property
+    def stderr_file(self) -> str | None: ...
+
+
+def output_sections(r: HasOutput, note: Callable[[str | None], str], *, mark_end: bool = True) -> list[str]:
+    """The non-empty streams as ``--- stdout (note) ---`` sections, each followed by its text.
+
+    ``note(file)`` says where the whole stream is (empty: nothing to say). With ``mark_end``
+    the text is shown as it is, a missing final newline marked (exec and process logs: what a
+    command printed, to the byte); without, trailing newlines are dropped (run_code, whose
+    sections go on with its results).
+    """
+    parts = []
+    for name, text, path in (("stdout", r.stdout, r.stdout_file), ("stderr", r.stderr, r.stderr_file)):
+        if text:
+            said = note(path)
+            parts.append(f"--- {name}{f' ({said})' if said else ''} ---")
+            if not mark_end:
+                parts.append(text.rstrip("\n"))
+            else:
+                parts.append(text if text.endswith("\n") else text + "\n[no newline at end]")
+    return parts
+
+
+def cut_note(path: str | None) -> str:
+    """The note for a stream cut to its head and tail, whose whole text is in ``path``."""
+    return f"cut; full output in {path}" if path else ""
 
 
 Progress = Callable[[str, str, int], Awaitable[None]]

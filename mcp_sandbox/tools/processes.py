@@ -28,6 +28,7 @@ from .common import (
     Env,
     SandboxId,
     SessionId,
+    output_sections,
     resource_errors,
     resource_sandbox,
     result,
@@ -66,10 +67,7 @@ def render_logs(r: ProcessLogs, wait_for: str | None, wait_for_exit: bool, tail:
     elif wait_for_exit and r.timed_out:
         parts.append("still running at the timeout")
     scope = f"last {tail} lines" if tail is not None else "whole log"
-    for name, text, path in (("stdout", r.stdout, r.stdout_file), ("stderr", r.stderr, r.stderr_file)):
-        if text:
-            parts.append(f"--- {name} ({scope}{'; cut, full log in ' + path if r.truncated else ''}) ---")
-            parts.append(text if text.endswith("\n") else text + "\n[no newline at end]")
+    parts += output_sections(r, lambda path: f"{scope}{f'; cut, full log in {path}' if r.truncated else ''}")
     if not r.stdout and not r.stderr:
         parts.append("(no output yet)" if r.status == "running" else "(no output)")
     return "\n".join(parts)

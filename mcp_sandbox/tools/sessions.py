@@ -18,6 +18,8 @@ from .common import (
     Env,
     SandboxId,
     SessionId,
+    cut_note,
+    output_sections,
     progress_reporter,
     result,
     runs_code,
@@ -37,10 +39,7 @@ def render_exec(r: ExecResult) -> str:
     if r.timed_out:
         status = f"timed out (killed), exit code {r.exit_code}"
     parts = [f"{status} · {r.duration_ms:.0f} ms · cwd {r.cwd}"]
-    for name, text, path in (("stdout", r.stdout, r.stdout_file), ("stderr", r.stderr, r.stderr_file)):
-        if text:
-            parts.append(f"--- {name}{f' (cut; full output in {path})' if path else ''} ---")
-            parts.append(text if text.endswith("\n") else text + "\n[no newline at end]")
+    parts += output_sections(r, cut_note)
     if not r.stdout and not r.stderr:
         parts.append("(no output)")
     return "\n".join(parts)
