@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from datetime import datetime, timezone
+from collections.abc import Awaitable, Callable
 from typing import Any
-
-import anyio
 
 from .agent.api import OUTPUT, Method
 from .agent.names import params_problem
 from .backends.base import AgentHandle
-from .channel import AgentChannel, Base64Text
+from .channel import AgentChannel
 from .deadlines import Turns, deadline, turn
 from .errors import SandboxError
 from .models import (
@@ -23,14 +18,8 @@ from .models import (
     CodeContextInfo,
     CodeContextList,
     CodeResult,
-    DirectoryCreated,
     EnvVarsSet,
     ExecResult,
-    FileContent,
-    FileDeleted,
-    FileList,
-    FileMoved,
-    FileWritten,
     ProcessesKilled,
     ProcessInfo,
     ProcessInputSent,
@@ -43,33 +32,20 @@ from .models import (
     SessionInfo,
     SessionList,
 )
+from .sandbox_files import SandboxFiles, timestamp, with_times
 
 # Called with (stream name, new text, bytes so far) while a command prints.
 OutputCallback = Callable[[str, str, int], Awaitable[None]]
 
-# Bytes per message when files move between host and agent (base64 in JSON: 1.33x on the wire).
-CHUNKS_IN_FLIGHT = 4
-FILE_CHUNK = 1 << 20
 # How long the agent may take to stop everything in the sandbox (a disk or other limit).
 STOP_TIMEOUT = 10.0
 
-Bytes = bytes | bytearray | memoryview
-
-
-def timestamp(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, timezone.utc)
-
-
-def _with_times(data: dict[str, Any], *keys: str) -> dict[str, Any]:
-    """The agent's epoch seconds as datetimes."""
-    return {k: timestamp(v) if k in keys and v is not None else v for k, v in data.items()}
-
 
 def _process(data: dict[str, Any]) -> dict[str, Any]:
-    return _with_times(data, "started_at", "ended_at")
+    return with_times(data, "started_at", "ended_at")
 
 
-class Sandbox:
+class Sandbox(SandboxFiles):
     def __init__(
         self, sandbox_id: str, backend: str, handle: AgentHandle, channel: AgentChannel, network: bool,
         *, command_timeout: float,
@@ -241,185 +217,6 @@ class Sandbox:
     async def kill_all_processes(self) -> ProcessesKilled:
         return ProcessesKilled.model_validate(await self.call(Method.KILL_ALL_PROCESSES, {}))
 
-    # -- files ------------------------------------------------------------------------------------
-
-    async def write_file(self, path: str, data: Bytes | str, *, session_id: str | None = None) -> FileWritten:
-        """Write a whole file (str as UTF-8), atomically; big data moves in chunks."""
-        if self.handle.disk is not None:
-            await self.handle.disk.check_room()
-        if isinstance(data, str):
-            data = data.encode("utf-8", "replace")
-        view = memoryview(data).cast("B")
-        if len(view) <= FILE_CHUNK:
-            result = await self.call(
-                Method.WRITE_FILE,
-                {"path": path, "content": base64.b64encode(view).decode("ascii"), "encoding": "base64",
-                 "session_id": session_id},
-            )
-            return FileWritten.model_validate(result)
-        return await self.write_file_chunks(
-            path, (view[i : i + FILE_CHUNK] for i in range(0, len(view), FILE_CHUNK)), session_id=session_id
-        )
-
-    async def write_file_chunks(
-        self, path: str, chunks: Iterable[Bytes] | AsyncIterable[Bytes], *, session_id: str | None = None
-    ) -> FileWritten:
-        """Write a file from a stream of byte chunks (of any size), atomically: the file appears
-        whole at the end, or not at all if the stream fails."""
-        if self.handle.disk is not None:
-            await self.handle.disk.check_room()
-        opened = await self.call(Method.FILE_WRITE_OPEN, {"path": path, "session_id": session_id})
-        handle = opened["handle"]
-        committed = False
-        try:
-            window = anyio.Semaphore(CHUNKS_IN_FLIGHT)
-            position = 0
-
-            async def send(encoded: str, offset: int) -> None:
-                try:
-                    await self.call(Method.FILE_WRITE_CHUNK, {"handle": handle, "data": encoded, "offset": offset})
-                finally:
-                    window.release()
-
-            # Several chunks in flight, each with its offset, so that encoding, the channel and
-            # the agent's decoding overlap.
-            async with anyio.create_task_group() as tg:
-                async for chunk in _iterate(chunks):
-                    piece = memoryview(chunk).cast("B")
-                    for i in range(0, len(piece), FILE_CHUNK):
-                        part = piece[i : i + FILE_CHUNK]
-                        await window.acquire()
-                        tg.start_soon(send, Base64Text(base64.b64encode(part).decode("ascii")), position)
-                        position += len(part)
-            result = await self.call(Method.FILE_WRITE_CLOSE, {"handle": handle, "commit": True})
-            committed = True
-            return FileWritten.model_validate(result)
-        finally:
-            if not committed:
-                await self._close_quietly(Method.FILE_WRITE_CLOSE, {"handle": handle, "commit": False})
-
-    async def read_file(
-        self,
-        path: str,
-        *,
-        encoding: str | None = None,
-        offset: int | None = None,
-        limit: int | None = None,
-        session_id: str | None = None,
-    ) -> FileContent:
-        """What the read_file tool returns: text (or base64), capped, by lines when asked."""
-        result = await self.call(
-            Method.READ_FILE,
-            {"path": path, "encoding": encoding, "offset": offset, "limit": limit, "session_id": session_id},
-        )
-        return FileContent.model_validate(result)
-
-    async def read_file_bytes(
-        self, path: str, *, session_id: str | None = None, max_bytes: int | None = None
-    ) -> bytearray:
-        """A whole file, moved in chunks into one buffer: memory for the file once. With
-        ``max_bytes``, a bigger file raises FILE_TOO_LARGE."""
-        opened = await self.call(Method.FILE_READ_OPEN, {"path": path, "session_id": session_id})
-        try:
-            if max_bytes is not None and opened["size"] > max_bytes:
-                raise SandboxError(
-                    "FILE_TOO_LARGE",
-                    f"{opened['path']} has {opened['size']} bytes, more than the {max_bytes} read at once; "
-                    "read it in parts with read_file offset/limit, or process it in the sandbox with exec",
-                )
-            return await self._read_into(opened["handle"], 0, opened["size"], max_bytes)
-        finally:
-            await self._close_quietly(Method.FILE_READ_CLOSE, {"handle": opened["handle"]})
-
-    async def read_file_tail(self, path: str, nbytes: int, *, session_id: str | None = None) -> tuple[bytearray, int]:
-        """The last ``nbytes`` of a file (all of a smaller one) and the file's size."""
-        opened = await self.call(Method.FILE_READ_OPEN, {"path": path, "session_id": session_id})
-        try:
-            start = max(opened["size"] - nbytes, 0)
-            return await self._read_into(opened["handle"], start, opened["size"] - start, nbytes), opened["size"]
-        finally:
-            await self._close_quietly(Method.FILE_READ_CLOSE, {"handle": opened["handle"]})
-
-    async def _read_into(self, handle: str, start: int, size: int, max_bytes: int | None) -> bytearray:
-        """Read ``size`` bytes from ``start``, a few chunks in flight at once so that the agent's
-        encoding and ours overlap. A file that shrank meanwhile ends at its first short chunk."""
-        limit = size if max_bytes is None else min(size, max_bytes)
-        buffer = bytearray(limit)
-        short: list[int] = []
-        window = anyio.Semaphore(CHUNKS_IN_FLIGHT)
-
-        async def fetch(offset: int) -> None:
-            try:
-                data = (await self._read_chunk(handle, start + offset))[: limit - offset]
-                buffer[offset : offset + len(data)] = data
-                if offset + len(data) < min(offset + FILE_CHUNK, limit):
-                    short.append(offset + len(data))
-            finally:
-                window.release()
-
-        async with anyio.create_task_group() as tg:
-            for offset in range(0, limit, FILE_CHUNK):
-                await window.acquire()
-                tg.start_soon(fetch, offset)
-        if short:
-            del buffer[min(short):]
-        return buffer
-
-    async def read_file_chunks(self, path: str, *, session_id: str | None = None) -> AsyncIterator[bytes]:
-        """A file as a stream of chunks; the next chunk is fetched only when asked for."""
-        opened = await self.call(Method.FILE_READ_OPEN, {"path": path, "session_id": session_id})
-        try:
-            offset = 0
-            while data := await self._read_chunk(opened["handle"], offset):
-                offset += len(data)
-                yield data
-        finally:
-            await self._close_quietly(Method.FILE_READ_CLOSE, {"handle": opened["handle"]})
-
-    async def _read_chunk(self, handle: str, offset: int) -> bytes:
-        result = await self.call(Method.FILE_READ_CHUNK, {"handle": handle, "offset": offset, "size": FILE_CHUNK})
-        return base64.b64decode(result["data"])
-
-    async def _close_quietly(self, method: str, params: dict[str, Any]) -> None:
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.call(method, params)
-            except SandboxError:
-                pass  # the agent is gone, and the handle with it
-
-    async def list_files(
-        self,
-        path: str | None = None,
-        *,
-        recursive: bool = False,
-        include_hidden: bool = False,
-        session_id: str | None = None,
-    ) -> FileList:
-        result = await self.call(
-            Method.LIST_FILES,
-            {"path": path, "recursive": recursive or None, "include_hidden": include_hidden or None,
-             "session_id": session_id},
-        )
-        result["files"] = [_with_times(f, "modified_at") for f in result["files"]]
-        return FileList.model_validate(result)
-
-    async def mkdir(self, path: str, *, recursive: bool = False, session_id: str | None = None) -> DirectoryCreated:
-        result = await self.call(Method.MKDIR, {"path": path, "recursive": recursive or None, "session_id": session_id})
-        return DirectoryCreated.model_validate(result)
-
-    async def delete_file(self, path: str, *, recursive: bool = False, session_id: str | None = None) -> FileDeleted:
-        result = await self.call(Method.DELETE_FILE, {"path": path, "recursive": recursive or None, "session_id": session_id})
-        return FileDeleted.model_validate(result)
-
-    async def move_file(
-        self, source: str, destination: str, *, overwrite: bool = False, session_id: str | None = None
-    ) -> FileMoved:
-        result = await self.call(
-            Method.MOVE_FILE,
-            {"source": source, "destination": destination, "overwrite": overwrite or None, "session_id": session_id},
-        )
-        return FileMoved.model_validate(result)
-
     # -- code contexts ------------------------------------------------------------------------------
 
     async def create_code_context(
@@ -463,25 +260,8 @@ class Sandbox:
     async def list_code_contexts(self) -> CodeContextList:
         result = await self.call(Method.LIST_CODE_CONTEXTS, {})
         return CodeContextList(
-            contexts=[CodeContextInfo.model_validate(_with_times(c, "created_at", "last_used_at")) for c in result["contexts"]]
+            contexts=[CodeContextInfo.model_validate(with_times(c, "created_at", "last_used_at")) for c in result["contexts"]]
         )
 
     async def delete_code_context(self, context_id: str) -> CodeContextDeleted:
         return CodeContextDeleted.model_validate(await self.call(Method.DELETE_CODE_CONTEXT, {"context_id": context_id}))
-
-
-async def _iterate(chunks: Iterable[Bytes] | AsyncIterable[Bytes]) -> AsyncIterator[Bytes]:
-    if isinstance(chunks, AsyncIterable):
-        async for chunk in chunks:
-            yield chunk
-    else:
-        for chunk in chunks:
-            yield chunk
-
-
-def decode_base64(text: str) -> bytes:
-    """Base64 from a caller, or INVALID_ARGUMENT."""
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise SandboxError("INVALID_ARGUMENT", f"content is not valid base64 ({exc}); encode the bytes with base64") from None

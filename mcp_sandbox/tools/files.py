@@ -20,7 +20,7 @@ from ..models import (
     FileMoved,
     FileWritten,
 )
-from ..sandbox import decode_base64
+from ..sandbox_files import decode_base64
 from .common import (
     CREATES,
     DESTRUCTIVE,

@@ -12,7 +12,7 @@ from pydantic import Field
 from ..errors import SandboxError
 from ..manager import SandboxManager
 from ..models import Destroyed, Limits, SandboxCreated, SandboxInfo
-from ..sandbox import timestamp
+from ..sandbox_files import timestamp
 from .common import CREATES, DESTRUCTIVE, READ_ONLY, Env, SandboxId, result, tool_errors, with_settings
 
 
