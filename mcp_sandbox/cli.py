@@ -93,26 +93,27 @@ def load_settings(argv: list[str] | None = None) -> Settings:
 
 
 async def serve(settings: Settings, tokens: Tokens | None = None) -> None:
+    """Serve until stdin closes (stdio), the HTTP server stops, or a signal comes; then leave the
+    manager's block, which destroys every sandbox. There is no other way out."""
     async with SandboxManager(settings) as manager:
         server = build_server(manager)
+        stop = anyio.Event()
         async with anyio.create_task_group() as tg:
 
             async def stop_on_signal() -> None:
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                     async for signum in signals:
-                        # The stdio transport reads stdin in a thread that a cancel cannot stop, so
-                        # clean up here and leave without waiting for it.
                         logger.info("received %s; destroying all sandboxes", signal.Signals(signum).name)
-                        with anyio.CancelScope(shield=True):
-                            await manager.destroy_all()
-                        exit_now(0)
+                        if settings.transport == "stdio":
+                            tg.cancel_scope.cancel()
+                        stop.set()
 
             tg.start_soon(stop_on_signal)
             if settings.transport == "stdio":
                 await serve_stdio(server)
                 logger.info("stdin closed; destroying all sandboxes")
             else:
-                await serve_http(server, settings, tokens)
+                await serve_http(server, settings, tokens, stop)
             tg.cancel_scope.cancel()
 
 

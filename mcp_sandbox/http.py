@@ -7,6 +7,7 @@ import ipaddress
 import logging
 from typing import Any
 
+import anyio
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
@@ -118,10 +119,23 @@ def build_app(server: MCPServer, settings: Settings, tokens: Tokens | None = Non
     return app
 
 
-async def serve_http(server: MCPServer, settings: Settings, tokens: Tokens | None = None) -> None:
+async def serve_http(
+    server: MCPServer, settings: Settings, tokens: Tokens | None = None, stop: anyio.Event | None = None
+) -> None:
+    """Serve until uvicorn stops (it stops on SIGINT and SIGTERM itself), or ``stop`` is set."""
     import uvicorn
 
     app = build_app(server, settings, tokens)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
     logger.info("serving MCP over HTTP at http://%s:%d/mcp", settings.host, settings.port)
-    await uvicorn.Server(config).serve()
+    http = uvicorn.Server(config)
+    async with anyio.create_task_group() as tg:
+
+        async def stop_when_asked() -> None:
+            if stop is not None:
+                await stop.wait()
+                http.should_exit = True  # a graceful stop: open requests end first
+
+        tg.start_soon(stop_when_asked)
+        await http.serve()
+        tg.cancel_scope.cancel()

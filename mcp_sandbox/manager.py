@@ -11,8 +11,9 @@ import functools
 import logging
 import secrets
 import time
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
-from collections.abc import Awaitable
 from typing import Any
 
 import anyio
@@ -21,8 +22,8 @@ from anyio.abc import TaskGroup
 from . import tenants
 from .agent.api import Method, hello_problem
 from .agent.names import env_problem
-from .backends.base import AgentConfig, Backend, SandboxSpec
 from .agent.protocol import line_limit
+from .backends.base import AgentConfig, Backend, SandboxSpec
 from .channel import AgentChannel
 from .errors import SandboxError
 from .models import Limits
@@ -57,6 +58,7 @@ class SandboxManager:
         self._default_ids: dict[str, str] = {}  # tenant to its default sandbox
         self._default_lock = anyio.Lock()
         self._task_group: TaskGroup | None = None
+        self._lifetime: AbstractAsyncContextManager[None] | None = None
         # Started ahead with the default spec (--warm-sandboxes), handed out by create().
         self._spares: list[Sandbox] = []
         self._spares_starting = 0
@@ -73,23 +75,34 @@ class SandboxManager:
         return self.settings.transport == "stdio" or self.settings.default_sandbox
 
     async def __aenter__(self) -> SandboxManager:
-        if self._backend is None:
-            self._backend = await anyio.to_thread.run_sync(make_backend, self.settings)
-        await self._backend.reap_orphans()
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
-        self._task_group.start_soon(self._expire_idle)
-        self._refill_spares()
+        self._lifetime = self._running()
+        await self._lifetime.__aenter__()
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
-        with anyio.CancelScope(shield=True):
-            await self.destroy_all()
-        assert self._task_group is not None
-        self._task_group.cancel_scope.cancel()
-        return await self._task_group.__aexit__(exc_type, exc, tb)
+        assert self._lifetime is not None
+        return await self._lifetime.__aexit__(exc_type, exc, tb)
+
+    @asynccontextmanager
+    async def _running(self) -> AsyncIterator[None]:
+        """The manager's life, as one block: its task group (channel readers, expiry, warm
+        sandboxes) is entered and left here, and whatever it created is destroyed on the way
+        out, also when starting fails halfway."""
+        if self._backend is None:
+            self._backend = await anyio.to_thread.run_sync(make_backend, self.settings)
+        await self._backend.reap_orphans()
+        async with anyio.create_task_group() as task_group:
+            self._task_group = task_group
+            try:
+                task_group.start_soon(self._expire_idle)
+                self._refill_spares()
+                yield
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.destroy_all()
+                task_group.cancel_scope.cancel()
 
     async def create(self, *, env: dict[str, str] | None = None, network: bool = False) -> Sandbox:
         """A new sandbox for the tenant of the request being served."""
