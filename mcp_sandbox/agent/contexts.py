@@ -30,6 +30,7 @@ from .output import Spills, send_progress
 from .protocol import AgentError, Request
 from .sessions import Sessions
 from .shell_state import check_env
+from .tasks import cancel_and_wait
 from .worker import Captures, Message, Worker, describe_exit, launch_worker, worker_command
 
 LANGUAGES = ("python", "javascript", "typescript")
@@ -255,7 +256,7 @@ class Contexts:
                     outcome = await self._interrupt(worker)
             finally:
                 if progress is not None:
-                    progress.cancel()
+                    await cancel_and_wait(progress)
         except asyncio.CancelledError:
             await self._abandon(context, worker)
             raise
@@ -419,6 +420,15 @@ class Contexts:
         captures = worker.rotate(None) if not worker.closed else None
         worker.close()
         return captures
+
+    async def aclose(self) -> None:
+        """On the agent's way out, after its children were killed: each interpreter reaped and its
+        pipes closed."""
+        for context in self.contexts.values():
+            worker, context.worker = context.worker, None
+            if worker is not None:
+                self._spills.discard(await self._retire(worker))
+                await worker.aclose()
 
     def _captures(self, context: Context) -> Captures:
         self._serial += 1
