@@ -35,7 +35,7 @@ from .children import Children, spawn_error
 from .pipes import PipeReader, make_pipe, write_and_close
 from .protocol import AgentError, Request
 from .shell_state import Options, ShellState, check_env
-from .tasks import TaskSet, cancel_and_wait
+from .tasks import TaskSet
 
 TIMEOUT_EXIT_CODE = 124
 _PIPE_MIN_BUFFER = 65536  # what any pipe holds: a write this big never blocks on an empty pipe
@@ -301,7 +301,7 @@ class Sessions:
             raise
         finally:
             if progress is not None:
-                await cancel_and_wait(progress)
+                progress.cancel()  # not awaited here, where a cancel could skip what follows: aclose awaits it
         for reader in readers.values():
             reader.finish()
         if not timed_out:  # a killed command's half-written state is removed before the next one
