@@ -137,3 +137,67 @@ def test_state_saved_by_the_trap_is_adopted_by_the_next_command(tmp_path: Path) 
         "hello %s\nfn\npipefail\n" % (tmp_path / "sub")
     )
     assert "builtin set -o pipefail" in state.opts
+
+
+# Run in its own interpreter: the agent's components install a SIGCHLD handler and make their
+# process a subreaper, which pytest's own process must not become.
+_TEARDOWN_SCRIPT = r"""
+import asyncio, json, os, sys
+from mcp_sandbox.agent.children import Children
+from mcp_sandbox.agent.processes import Processes
+from mcp_sandbox.agent.protocol import Request
+from mcp_sandbox.agent.sessions import Sessions
+
+
+class Sent:
+    def __init__(self):
+        self.messages = []
+
+    def send(self, message):
+        self.messages.append(message)
+
+
+async def main(root):
+    loop = asyncio.get_running_loop()
+    children = Children("teardown")
+    children.install(loop)
+    config = {"workspace": root, "state_dir": os.path.join(root, ".state"), "env": {"PATH": os.environ["PATH"]},
+              "max_output": 10000, "command_timeout": 30, "limits": {"max_sessions": 4, "max_processes": 4}}
+    sessions = Sessions(children, config)
+    processes = Processes(children, sessions, config)
+    sent = Sent()
+    done = await sessions.exec(Request(sent, 1, {"command": "echo one; sleep 0.4; echo two", "stream": True}))
+    # Left running at teardown: a command whose stdin a thread is still writing (bash never
+    # reads it), with its progress task, and a TERM-ignoring process whose SIGKILL is pending.
+    running = loop.create_task(sessions.exec(Request(sent, 2, {"command": "sleep 30", "stdin": "x" * 300000, "stream": True})))
+    processes.start({"command": "trap '' TERM; sleep 30", "process_id": "stubborn"})
+    await asyncio.sleep(0.3)
+    killing = loop.create_task(processes.kill({"process_id": "stubborn"}))
+    await asyncio.sleep(0.1)
+    for request in (running, killing):  # as the connection cancels them on the way out
+        request.cancel()
+        await asyncio.gather(request, return_exceptions=True)
+    children.kill(None, "")
+    await sessions.aclose()
+    await processes.aclose()
+    others = [repr(t) for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    print(json.dumps({"stdout": done["stdout"], "notified": [m["params"]["data"] for m in sent.messages if "method" in m],
+                      "pending": others}))
+
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_teardown_leaves_no_pending_task(tmp_path: Path) -> None:
+    import json
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _TEARDOWN_SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["stdout"] == "one\ntwo\n"
+    assert "one\n" in report["notified"]  # the progress task ran before it was cancelled
+    assert report["pending"] == []

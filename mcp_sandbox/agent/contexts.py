@@ -30,6 +30,7 @@ from .output import Spills, send_progress
 from .protocol import AgentError, Request
 from .sessions import Sessions
 from .shell_state import check_env
+from .tasks import TaskSet
 from .worker import Captures, Message, Worker, describe_exit, launch_worker, worker_command
 
 LANGUAGES = ("python", "javascript", "typescript")
@@ -102,6 +103,7 @@ class Contexts:
         self.contexts: Dict[str, Context] = {}
         self._ids = Ids("ctx-%d")
         self._serial = 0  # numbers workers and runs, for tags and spill files
+        self._tasks = TaskSet()  # progress of runs
 
     # -- the handlers ------------------------------------------------------------------------------
 
@@ -242,7 +244,7 @@ class Contexts:
         worker = await self._ensure_worker(context)
         captures = worker.captures
         assert captures is not None
-        progress = asyncio.ensure_future(send_progress(request, captures)) if request.params.get("stream") else None
+        progress = self._tasks.spawn(send_progress(request, captures)) if request.params.get("stream") else None
         started = time.monotonic()
         timed_out = False
         try:
@@ -255,7 +257,7 @@ class Contexts:
                     outcome = await self._interrupt(worker)
             finally:
                 if progress is not None:
-                    progress.cancel()
+                    progress.cancel()  # awaited by aclose: an await here could turn a finished run into a cancelled one
         except asyncio.CancelledError:
             await self._abandon(context, worker)
             raise
@@ -419,6 +421,16 @@ class Contexts:
         captures = worker.rotate(None) if not worker.closed else None
         worker.close()
         return captures
+
+    async def aclose(self) -> None:
+        """On the agent's way out, after its children were killed: each interpreter reaped and its
+        pipes closed."""
+        for context in self.contexts.values():
+            worker, context.worker = context.worker, None
+            if worker is not None:
+                self._spills.discard(await self._retire(worker))
+                await worker.aclose()
+        await self._tasks.aclose()
 
     def _captures(self, context: Context) -> Captures:
         self._serial += 1

@@ -217,6 +217,17 @@ class Files:
 
     # -- reading -------------------------------------------------------------------------------
 
+    async def aclose(self) -> None:
+        """On the agent's way out: transfers the host never closed end; unfinished writes leave no
+        temporary file behind."""
+        for write in self._writes.values():
+            write.file.close()
+            remove_file(write.temp)
+        self._writes.clear()
+        for f in self._reads.values():
+            f.close()
+        self._reads.clear()
+
     def _open_file(self, path: str) -> IO[bytes]:
         # Non-blocking, and checked before any read: a named pipe would block the agent, and a
         # device may never end. It stays non-blocking (no change for a regular file): a kernel file

@@ -20,6 +20,7 @@ from .pipes import enlarge_pipe
 from .processes import Processes
 from .protocol import Connection, Handler, Request, line_limit
 from .sessions import Sessions
+from .tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from .contexts import Contexts
@@ -170,12 +171,22 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
         expire_idle(config.get("session_idle_timeout", DEFAULT_SESSION_IDLE_TIMEOUT), [sessions.expire_idle, expire_contexts])
     )
     await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
-    # The host is gone or asked us to stop: nothing started in the sandbox may outlive us.
+    # The host is gone or asked us to stop: nothing started in the sandbox may outlive us, and
+    # nothing the agent started is left pending. First no new requests or expiries.
+    for task in (serving, janitor):
+        await cancel_and_wait(task)
+    # The running requests are cancelled; one step lets each kill what it started its own way.
     connection.cancel_all()
     await asyncio.sleep(0)
     children.kill(None, "")
-    serving.cancel()
-    janitor.cancel()
+    await connection.aclose()
+    # Then what the components spawned: their children are gone, so none of this waits long.
+    await sessions.aclose()
+    await processes.aclose()
+    for context in loaded_contexts:
+        await context.aclose()
+    for opened in loaded_files:
+        await opened.aclose()
 
 
 async def expire_idle(idle_seconds: float, expirers: List[Callable[[float], Awaitable[None]]]) -> None:

@@ -16,7 +16,7 @@ import re
 import shutil
 import signal
 import time
-from typing import Any, Dict, Optional, Pattern, Set, Tuple
+from typing import Any, Dict, Optional, Pattern, Tuple
 
 from .children import Children
 from .output import render_log
@@ -25,6 +25,7 @@ from .protocol import AgentError
 from .ids import Ids, check_id
 from .sessions import Sessions
 from .shell_state import check_env
+from .tasks import TaskSet
 
 STATUSES = ("running", "completed", "failed", "killed", "error")
 KILL_GRACE = 5.0
@@ -129,7 +130,7 @@ class Processes:
         os.makedirs(self._dir, exist_ok=True)
         self.processes: Dict[str, Process] = {}
         self._ids = Ids("proc-%d")
-        self._escalations: Set["asyncio.Task[None]"] = set()
+        self._escalations = TaskSet()
 
     def get(self, process_id: Optional[str]) -> Process:
         process = self.processes.get(process_id or "")
@@ -342,11 +343,13 @@ class Processes:
         else:
             self._children.kill(None, process.tag, sig)
         if sig != signal.SIGKILL:
-            task = asyncio.ensure_future(self._escalate(process))
-            self._escalations.add(task)
-            task.add_done_callback(self._escalations.discard)
+            self._escalations.spawn(self._escalate(process))
         if not process.ended.done():
             await asyncio.wait([process.ended], timeout=KILL_GRACE + 5)
+
+    async def aclose(self) -> None:
+        """On the agent's way out, after its children were killed: the escalations are moot."""
+        await self._escalations.aclose()
 
     async def _escalate(self, process: Process) -> None:
         await asyncio.sleep(KILL_GRACE)

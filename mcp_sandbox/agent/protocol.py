@@ -155,3 +155,9 @@ class Connection:
     def cancel_all(self) -> None:
         for task in list(self._tasks.values()):
             task.cancel()
+
+    async def aclose(self) -> None:
+        """Cancel the requests still running and wait until each has ended (and answered)."""
+        while self._tasks:
+            self.cancel_all()
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)

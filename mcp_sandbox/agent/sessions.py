@@ -35,6 +35,7 @@ from .children import Children, spawn_error
 from .pipes import PipeReader, make_pipe, write_and_close
 from .protocol import AgentError, Request
 from .shell_state import Options, ShellState, check_env
+from .tasks import TaskSet
 
 TIMEOUT_EXIT_CODE = 124
 _PIPE_MIN_BUFFER = 65536  # what any pipe holds: a write this big never blocks on an empty pipe
@@ -59,14 +60,14 @@ class Standby:
         self.command_fd = command_fd
         self.out_fds = out_fds
 
-    def go(self, text: str) -> None:
+    def go(self, text: str, tasks: TaskSet) -> None:
         """Hand it its command: write the text into the pipe it sources, then close the pipe."""
         data = text.encode("utf-8", "surrogateescape")
         if len(data) <= _PIPE_MIN_BUFFER:
             os.write(self.command_fd, data)
             os.close(self.command_fd)
         else:  # the standby reads while a thread writes
-            asyncio.get_running_loop().run_in_executor(None, write_and_close, self.command_fd, data)
+            tasks.in_thread(write_and_close, self.command_fd, data)
         self.command_fd = -1
 
     def discard(self) -> None:
@@ -127,6 +128,9 @@ class Sessions:
         # Asked before an idle session expires: True while something it started still runs.
         self.in_use: List[Callable[[str], bool]] = []
         self._ids = Ids("session-%d")
+        # Writes of long commands and stdin, and progress: awaited by aclose.
+        self._tasks = TaskSet()
+        self._closed = False
         self.create({"session_id": "default"})
 
     def resolve_dir(self, path: Optional[str], base: Optional[str] = None) -> str:
@@ -248,7 +252,7 @@ class Sessions:
         standby = self._take_standby(session) if stdin is None else None
         if standby is not None:
             try:
-                standby.go(text)
+                standby.go(text, self._tasks)
             except OSError:  # it died meanwhile: a fresh bash will do
                 standby.discard()
                 standby = None
@@ -268,7 +272,7 @@ class Sessions:
                 if stdin_r is not None:
                     os.close(stdin_r)
             try:
-                standby.go(text)
+                standby.go(text, self._tasks)
             except OSError:
                 standby.discard()
                 raise
@@ -279,8 +283,8 @@ class Sessions:
         pid, exited, out_fds = standby.pid, standby.exited, standby.out_fds
         readers = {name: PipeReader(out_fds[name], captures[name], live=live) for name in ("stdout", "stderr")}
         if stdin is not None:
-            asyncio.get_running_loop().run_in_executor(None, write_and_close, stdin_w, stdin.encode("utf-8", "surrogateescape"))
-        progress = asyncio.ensure_future(send_progress(request, captures)) if live else None
+            self._tasks.in_thread(write_and_close, stdin_w, stdin.encode("utf-8", "surrogateescape"))
+        progress = self._tasks.spawn(send_progress(request, captures)) if live else None
         timed_out = False
         try:
             try:
@@ -297,7 +301,7 @@ class Sessions:
             raise
         finally:
             if progress is not None:
-                progress.cancel()
+                progress.cancel()  # not awaited here, where a cancel could skip what follows: aclose awaits it
         for reader in readers.values():
             reader.finish()
         if not timed_out:  # a killed command's half-written state is removed before the next one
@@ -316,7 +320,12 @@ class Sessions:
 
     def _prepare(self, session: Session) -> None:
         """Start the session's standby bash, unless it has one, is busy or is gone."""
-        if session.standby is not None or session.lock.locked() or self.sessions.get(session.id) is not session:
+        if (
+            self._closed
+            or session.standby is not None
+            or session.lock.locked()
+            or self.sessions.get(session.id) is not session
+        ):
             return
         session.discard_new_state()  # now rather than on the command's clock
         try:
@@ -387,6 +396,14 @@ class Sessions:
             if session.id != "default" and not session.lock.locked() and session.last_used_at < cutoff:
                 if not any(check(session.id) for check in self.in_use):
                     await self.delete(session.id)
+
+    async def aclose(self) -> None:
+        """On the agent's way out, after its children were killed: no new standby, the standbys
+        gone, and the writes into their pipes and the progress tasks ended."""
+        self._closed = True
+        for session in self.sessions.values():
+            self._drop_standby(session)
+        await self._tasks.aclose()
 
     def kill_background_jobs(self) -> int:
         """End what earlier commands left running (``cmd &``, daemons, a fork bomb) in every

@@ -166,6 +166,13 @@ class Worker:
         self.captures = captures
         return taken
 
+    async def aclose(self) -> None:
+        """Close, and wait until the pending read of its control pipe has ended."""
+        pending = self._pending
+        self.close()
+        if pending is not None:
+            await asyncio.gather(pending, return_exceptions=True)
+
     def close(self) -> None:
         if self.closed:
             return
