@@ -9,13 +9,12 @@ from typing import Any
 from .agent.api import OUTPUT, Method
 from .agent.names import params_problem
 from .backends.base import AgentHandle
-from .channel import AgentChannel
+from .channel import AgentChannel, Notify
 from .deadlines import Turns, deadline, turn
 from .errors import SandboxError
 from .models import (
     CodeContextCreated,
     CodeContextDeleted,
-    CodeContextInfo,
     CodeContextList,
     CodeResult,
     EnvVarsSet,
@@ -29,10 +28,9 @@ from .models import (
     ProcessStarted,
     SessionCreated,
     SessionDeleted,
-    SessionInfo,
     SessionList,
 )
-from .sandbox_files import SandboxFiles, timestamp, with_times
+from .sandbox_files import SandboxFiles
 
 # Called with (stream name, new text, bytes so far) while a command prints.
 OutputCallback = Callable[[str, str, int], Awaitable[None]]
@@ -41,8 +39,16 @@ OutputCallback = Callable[[str, str, int], Awaitable[None]]
 STOP_TIMEOUT = 10.0
 
 
-def _process(data: dict[str, Any]) -> dict[str, Any]:
-    return with_times(data, "started_at", "ended_at")
+def output_notify(on_output: OutputCallback | None) -> Notify | None:
+    """The agent's output notifications of a call, passed to ``on_output``."""
+    if on_output is None:
+        return None
+
+    async def notify(method: str, params: dict[str, Any]) -> None:
+        if method == OUTPUT:
+            await on_output(params["stream"], params["data"], params["total"])
+
+    return notify
 
 
 class Sandbox(SandboxFiles):
@@ -117,17 +123,13 @@ class Sandbox(SandboxFiles):
         stdin: str | None = None,
         on_output: OutputCallback | None = None,
     ) -> ExecResult:
-        async def notify(method: str, params: dict[str, Any]) -> None:
-            if on_output is not None and method == OUTPUT:
-                await on_output(params["stream"], params["data"], params["total"])
-
         result = await self._stoppable(
             Method.EXEC,
             {
                 "command": command, "session_id": session_id, "timeout": timeout, "cwd": cwd, "env": env,
                 "stdin": stdin, "stream": on_output is not None or None,
             },
-            notify,
+            output_notify(on_output),
         )
         return ExecResult.model_validate(result)
 
@@ -146,15 +148,7 @@ class Sandbox(SandboxFiles):
 
     async def list_sessions(self) -> SessionList:
         result = await self.call(Method.LIST_SESSIONS, {})
-        return SessionList(
-            sessions=[
-                SessionInfo(
-                    session_id=s["session_id"], cwd=s["cwd"], busy=s["busy"],
-                    created_at=timestamp(s["created_at"]), last_used_at=timestamp(s["last_used_at"]),
-                )
-                for s in result["sessions"]
-            ]
-        )
+        return SessionList.model_validate(result)
 
     async def delete_session(self, session_id: str) -> SessionDeleted:
         deleted = SessionDeleted.model_validate(await self.call(Method.DELETE_SESSION, {"session_id": session_id}))
@@ -179,14 +173,14 @@ class Sandbox(SandboxFiles):
             Method.START_PROCESS,
             {"command": command, "process_id": process_id, "session_id": session_id, "cwd": cwd, "env": env},
         )
-        return ProcessStarted.model_validate(_process(result))
+        return ProcessStarted.model_validate(result)
 
     async def list_processes(self, status: str | None = None) -> ProcessList:
         result = await self.call(Method.LIST_PROCESSES, {"status": status})
-        return ProcessList(processes=[ProcessInfo.model_validate(_process(p)) for p in result["processes"]])
+        return ProcessList(processes=[ProcessInfo.model_validate(p) for p in result["processes"]])
 
     async def get_process(self, process_id: str) -> ProcessInfo:
-        return ProcessInfo.model_validate(_process(await self.call(Method.GET_PROCESS, {"process_id": process_id})))
+        return ProcessInfo.model_validate(await self.call(Method.GET_PROCESS, {"process_id": process_id}))
 
     async def get_process_logs(
         self,
@@ -204,7 +198,7 @@ class Sandbox(SandboxFiles):
                 "wait_for_exit": wait_for_exit or None, "timeout": timeout,
             },
         )
-        return ProcessLogs.model_validate(_process(result))
+        return ProcessLogs.model_validate(result)
 
     async def send_process_input(self, process_id: str, data: str, *, eof: bool = False) -> ProcessInputSent:
         result = await self.call(Method.SEND_PROCESS_INPUT, {"process_id": process_id, "data": data, "eof": eof or None})
@@ -212,7 +206,7 @@ class Sandbox(SandboxFiles):
 
     async def kill_process(self, process_id: str, signal: str | int | None = None) -> ProcessKilled:
         result = await self.call(Method.KILL_PROCESS, {"process_id": process_id, "signal": signal})
-        return ProcessKilled.model_validate(_process(result))
+        return ProcessKilled.model_validate(result)
 
     async def kill_all_processes(self) -> ProcessesKilled:
         return ProcessesKilled.model_validate(await self.call(Method.KILL_ALL_PROCESSES, {}))
@@ -242,26 +236,19 @@ class Sandbox(SandboxFiles):
         on_output: OutputCallback | None = None,
     ) -> CodeResult:
         """Run code in a context (default: the language's default context, python unless given)."""
-
-        async def notify(method: str, params: dict[str, Any]) -> None:
-            if on_output is not None and method == OUTPUT:
-                await on_output(params["stream"], params["data"], params["total"])
-
         result = await self._stoppable(
             Method.RUN_CODE,
             {
                 "code": code, "context_id": context_id, "language": language, "timeout": timeout,
                 "stream": on_output is not None or None,
             },
-            notify,
+            output_notify(on_output),
         )
         return CodeResult.model_validate(result)
 
     async def list_code_contexts(self) -> CodeContextList:
         result = await self.call(Method.LIST_CODE_CONTEXTS, {})
-        return CodeContextList(
-            contexts=[CodeContextInfo.model_validate(with_times(c, "created_at", "last_used_at")) for c in result["contexts"]]
-        )
+        return CodeContextList.model_validate(result)
 
     async def delete_code_context(self, context_id: str) -> CodeContextDeleted:
         return CodeContextDeleted.model_validate(await self.call(Method.DELETE_CODE_CONTEXT, {"context_id": context_id}))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from datetime import datetime, timezone
 from typing import Any
 
 import anyio
@@ -25,15 +24,6 @@ CHUNKS_IN_FLIGHT = 4
 FILE_CHUNK = 1 << 20
 
 Bytes = bytes | bytearray | memoryview
-
-
-def timestamp(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, timezone.utc)
-
-
-def with_times(data: dict[str, Any], *keys: str) -> dict[str, Any]:
-    """The agent's epoch seconds as datetimes."""
-    return {k: timestamp(v) if k in keys and v is not None else v for k, v in data.items()}
 
 
 class SandboxFiles:
@@ -201,7 +191,6 @@ class SandboxFiles:
             {"path": path, "recursive": recursive or None, "include_hidden": include_hidden or None,
              "session_id": session_id},
         )
-        result["files"] = [with_times(f, "modified_at") for f in result["files"]]
         return FileList.model_validate(result)
 
     async def mkdir(self, path: str, *, recursive: bool = False, session_id: str | None = None) -> DirectoryCreated:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
 from mcp.server.mcpserver import MCPServer
@@ -12,8 +12,11 @@ from pydantic import Field
 from ..errors import SandboxError
 from ..manager import SandboxManager
 from ..models import Destroyed, Limits, SandboxCreated, SandboxInfo
-from ..sandbox_files import timestamp
 from .common import CREATES, DESTRUCTIVE, READ_ONLY, Env, SandboxId, result, tool_errors, with_settings
+
+
+def timestamp(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, timezone.utc)
 
 
 def register(server: MCPServer, manager: SandboxManager) -> None:
