@@ -99,7 +99,7 @@ class AgentChannel:
             try:
                 for kind, frame_id, payload, data in received:
                     if kind == DATA:
-                        self.streams.received_data(frame_id, bytes(payload))
+                        self.streams.received_data(frame_id, memoryview(payload))
                     else:
                         self._dispatch(payload, frame_id, data)
             except Violation as exc:
