@@ -105,7 +105,7 @@ async def test_echo_of_5_mb_both_ways(manager_factory: Any) -> None:
         assert (await sandbox.exec("echo fine")).stdout == "fine\n"
 
 
-async def test_twenty_streams_at_once_and_one_closed_midway(manager_factory: Any) -> None:
+async def test_twenty_streams_at_once_one_closed_midway_and_a_call_beside(manager_factory: Any) -> None:
     async with sandbox_of(manager_factory) as (_, sandbox):
         port = await server(sandbox, "echo")
         results: dict[int, bytes] = {}
@@ -123,9 +123,16 @@ async def test_twenty_streams_at_once_and_one_closed_midway(manager_factory: Any
             with pytest.raises(anyio.ClosedResourceError):
                 await stream.receive()
 
+        async def meanwhile() -> None:  # busy streams do not hold up tool calls
+            await anyio.sleep(0.2)
+            started = time.monotonic()
+            assert (await sandbox.exec("echo meanwhile")).stdout == "meanwhile\n"
+            assert time.monotonic() - started < 10
+
         with anyio.fail_after(60):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(aborted)
+                tg.start_soon(meanwhile)
                 for i in payloads:
                     tg.start_soon(one, i)
         assert results == payloads
