@@ -31,6 +31,8 @@ ERROR_CODES = frozenset(get_args(ErrorCode))
 # Notifications held for a caller that has not taken them yet (progress: a few a second).
 NOTIFICATIONS_QUEUED = 16
 CANCEL_TIMEOUT = 5.0
+# How long a frame that has begun to go out may take to finish (see _write_frame).
+FRAME_TIMEOUT = 10.0
 
 
 class _Call:
@@ -249,10 +251,18 @@ class AgentChannel:
         await self._write_frame(encode(message, "surrogatepass"))
 
     async def _write_frame(self, pieces: list[bytes | bytearray | memoryview]) -> None:
+        """Write one frame whole. A frame cut in the middle would garble every later one, so once
+        it has the channel it is finished even if its caller gives up meanwhile; an agent that
+        takes nothing for FRAME_TIMEOUT no longer reads, and its sandbox is ended."""
         try:
             async with self._send_lock:
-                for piece in pieces:
-                    await self._send.send(piece)  # type: ignore[arg-type]  # any bytes-like goes
+                with anyio.CancelScope(shield=True), anyio.fail_after(FRAME_TIMEOUT):
+                    for piece in pieces:
+                        await self._send.send(piece)  # type: ignore[arg-type]  # any bytes-like goes
+        except TimeoutError:
+            logger.warning("%s: the agent takes no requests any more; stopping the sandbox", self._name)
+            self.close("the sandbox's agent stopped taking requests, so the sandbox was stopped")
+            raise SandboxError("BACKEND_UNAVAILABLE", f"{self._closed_reason}; create a new sandbox") from None
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             self.close("the sandbox's agent is gone")
             raise SandboxError("BACKEND_UNAVAILABLE", "the sandbox's agent is gone; create a new sandbox") from exc
