@@ -131,11 +131,16 @@ class ChannelStream(ByteStream):
                     await self._wake.wait()
                 self._check()
                 n = min(self._credit, STREAM_CHUNK, len(view))
-                self._credit -= n
+                self._credit -= n  # before: the agent may credit it back as soon as it is out
                 try:
                     await self._owner.channel.post_data(self.id, view[:n])
                 except SandboxError as exc:
                     raise anyio.BrokenResourceError(exc.message) from None
+                except BaseException:
+                    # Cancelled while it waited for the channel: a frame that started goes out
+                    # whole (channel.py), and then no cancel comes from there.
+                    self._credit += n
+                    raise
                 view = view[n:]
 
     async def send_eof(self) -> None:
