@@ -103,6 +103,10 @@ class ChannelStream(ByteStream):
     async def receive(self, max_bytes: int = 65536) -> bytes:
         if self._closed:
             raise anyio.ClosedResourceError
+        if self._taken >= STREAM_WINDOW // 4 and not self._eof_received and self._broken is None:
+            # Credit for what was taken, before taking more: a cancel here loses nothing.
+            await self._post({"method": Stream.CREDIT, "params": {"stream": self.id, "bytes": self._taken}})
+            self._taken = 0
         while not self._inbox:
             self._check()
             if self._eof_received:
@@ -115,9 +119,6 @@ class ChannelStream(ByteStream):
         data = bytes(view)
         self._inbox_bytes -= len(data)
         self._taken += len(data)
-        if self._taken >= STREAM_WINDOW // 4 and not self._eof_received and self._broken is None:
-            taken, self._taken = self._taken, 0
-            await self._post({"method": Stream.CREDIT, "params": {"stream": self.id, "bytes": taken}})
         return data
 
     async def send(self, item: bytes | bytearray | memoryview) -> None:
