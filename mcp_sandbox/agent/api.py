@@ -64,7 +64,9 @@ class Stream:
     Streams the host opens have odd ids, those the agent opens (a listener's connections) even
     ones; neither end reuses an id."""
 
-    DATA = "stream_data"  # {"stream": n, "data": bytes}: at most WINDOW not yet credited
+    # A stream's bytes, in DATA frames (protocol.py), never a JSON message; the agent hands them
+    # to its handler as {"stream": n, "data": bytes}. At most WINDOW not yet credited.
+    DATA = "stream_data"
     CREDIT = "stream_credit"  # {"stream": n, "bytes": k}: the receiver took k bytes; send k more
     EOF = "stream_eof"  # {"stream": n}: nothing more comes this way
     CLOSE = "stream_close"  # {"stream": n}: both ways, at once (a reset)
