@@ -23,6 +23,7 @@ import anyio
 from anyio.abc import ByteStream, SocketAttribute, TaskGroup, TaskStatus
 
 from . import port_gate
+from .agent.api import MAX_STREAMS
 from .errors import SandboxError
 from .port_gate import Buffered, DoorKey, GateError, Signer
 from .settings import Settings
@@ -31,7 +32,9 @@ logger = logging.getLogger(__name__)
 
 CHUNK = port_gate.CHUNK
 MAX_PORTS = 16  # exposed ports per sandbox
-MAX_CONNECTIONS = 256  # live connections per door; more are closed at once
+# Live connections per sandbox, over all its doors; more are closed at once. Each holds a stream,
+# whose window the server may buffer: the agent's own bound on the streams it opens.
+MAX_CONNECTIONS = MAX_STREAMS
 CLOSE_TIMEOUT = 5.0  # seconds to close a connection's two ends
 
 # Opens a stream to a port inside the sandbox: sandbox.open_stream.
@@ -82,7 +85,7 @@ class Door:
 
     def __init__(
         self, key: DoorKey, connect: Connector, listener: anyio.abc.Listener[ByteStream], host_port: int,
-        base_url: str, signer: Signer | None,
+        base_url: str, signer: Signer | None, live: list[int],
     ) -> None:
         self.key = key
         self.host_port = host_port
@@ -94,7 +97,7 @@ class Door:
         self._token_expires = 0.0
         self._scope = anyio.CancelScope()
         self._done = anyio.Event()
-        self.live = 0
+        self._live = live  # the sandbox's count of live connections, shared by its doors: [n]
 
     @property
     def port(self) -> int:
@@ -133,29 +136,28 @@ class Door:
         await self._done.wait()
 
     async def _serve(self, client: ByteStream) -> None:
-        if self.live >= MAX_CONNECTIONS:
+        if self._live[0] >= MAX_CONNECTIONS:
             logger.warning(
-                "sandbox %s: exposed port %d has %d connections; refusing another",
-                self.key.sandbox_id, self.port, self.live,
+                "sandbox %s: its exposed ports have %d connections, the most they may; refusing another on port %d",
+                self.key.sandbox_id, self._live[0], self.port,
             )
             await close_both(client)
             return
-        self.live += 1
+        self._live[0] += 1
         try:
             if self._signer is None:
                 await self._carry(client)
             else:
                 await self._carry_gated(client, self._signer)
         finally:
-            self.live -= 1
+            self._live[0] -= 1
 
     async def _open(self) -> ByteStream:
         try:
             return await self._connect(self.port)
-        except (SandboxError, OSError) as exc:
+        except OSError as exc:  # a connector to a real socket (the tests'); open_stream says it itself
             raise SandboxError(
-                "INVALID_ARGUMENT",
-                f"nothing accepts connections on port {self.port} in sandbox {self.key.sandbox_id} ({exc})",
+                "INVALID_ARGUMENT", f"nothing accepts connections on port {self.port} in the sandbox ({exc})"
             ) from None
 
     async def _carry(self, client: ByteStream) -> None:
@@ -235,6 +237,7 @@ class ExposedPorts:
         auth = not stdio and bool(settings.auth_token or settings.auth_tokens_file)
         self._signer = Signer() if auth else None
         self._doors: dict[str, dict[int, Door]] = {}
+        self._live: dict[str, list[int]] = {}  # by sandbox: its live connections, [n]
         self._lock = anyio.Lock()
         self._task_group: TaskGroup | None = None
 
@@ -296,6 +299,7 @@ class ExposedPorts:
             door = Door(
                 key, connect, listener, host_port,
                 f"http://{self.public_host(request_host)}:{host_port}/", self._signer,
+                self._live.setdefault(sandbox_id, [0]),
             )
             await self._task_group.start(door.run)
             doors[port] = door
@@ -317,5 +321,6 @@ class ExposedPorts:
         """Close every door of a sandbox (it is being destroyed)."""
         async with self._lock:
             doors = self._doors.pop(sandbox_id, {})
+            self._live.pop(sandbox_id, None)
         for door in doors.values():
             await door.close()
