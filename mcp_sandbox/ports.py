@@ -271,11 +271,18 @@ class ExposedPorts:
             (d for d in self._doors.get(sandbox_id, {}).values() if not d.closed), key=lambda d: d.port
         )
 
-    async def expose(self, sandbox_id: str, port: int, connect: Connector, request_host: str | None = None) -> Door:
-        """The door of a sandbox port: the existing one, or a new listener."""
+    async def expose(
+        self, sandbox_id: str, port: int, connect: Connector, request_host: str | None = None,
+        alive: Callable[[], bool] = lambda: True,
+    ) -> Door:
+        """The door of a sandbox port: the existing one, or a new listener. ``alive`` says whether
+        the sandbox is still there: asked under the lock that close_sandbox takes, so that a door
+        never outlives a sandbox destroyed while the tool ran."""
         if not 1 <= port <= 65535:
             raise SandboxError("INVALID_ARGUMENT", f"port {port} is not a TCP port; give one from 1 to 65535")
         async with self._lock:
+            if not alive():
+                raise SandboxError("SANDBOX_NOT_FOUND", f"sandbox {sandbox_id} was destroyed meanwhile")
             doors = self._doors.setdefault(sandbox_id, {})
             door = doors.get(port)
             if door is not None and not door.closed:

@@ -202,6 +202,10 @@ async def test_bad_ports_the_cap_and_a_port_nobody_listens_on() -> None:
             await ports.expose("sbx_a", 4242, loopback)
         assert info.value.code == "LIMIT_REACHED"
         await ports.expose("sbx_b", 4242, loopback)  # the cap is per sandbox
+        # A sandbox destroyed while the tool ran gets no door (destroy forgets it, then closes doors).
+        with pytest.raises(SandboxError) as info:
+            await ports.expose("sbx_c", 4242, loopback, alive=lambda: False)
+        assert info.value.code == "SANDBOX_NOT_FOUND" and ports.listed("sbx_c") == []
 
 
 async def test_url_token_admits_sets_a_cookie_and_is_stripped() -> None:

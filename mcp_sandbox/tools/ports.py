@@ -33,7 +33,10 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         sandbox. Use it for a dev server, a notebook or an API the user should open in a browser.
         Exposing a port again returns the same URL; unexpose_port closes it."""
         sandbox = await manager.get(sandbox_id)
-        door = await manager.ports.expose(sandbox.id, port, sandbox.open_stream, _request_host(ctx))
+        door = await manager.ports.expose(
+            sandbox.id, port, sandbox.open_stream, _request_host(ctx),
+            alive=lambda: manager.sandboxes.get(sandbox.id) is sandbox,  # destroy forgets it before closing doors
+        )
         model = PortExposed(port=port, url=door.url, host_port=door.host_port)
         notes = []
         if "?" in model.url:
