@@ -99,6 +99,18 @@ class Head:
     cookie_token: bytes | None
     body: int | None  # bytes of body that follow (Content-Length); None: chunked
     raw_after: bool  # an upgrade (websocket) or CONNECT: bytes after this request are not HTTP
+    foreign: bool  # a browser says a page of another origin sent it, and it is no navigation
+
+    def check_origin(self) -> None:
+        """Refuse what a page of another origin sent without the token. Browsers send a host's
+        cookies to all its ports, and count them as one site: without this, a page served by
+        another door (another sandbox's, maybe another tenant's) could fetch from this one, or
+        open its websockets, as the user."""
+        if self.foreign:
+            raise GateError(
+                "403 Forbidden",
+                "a page of another origin may not use this port's cookie; open the port's own link instead",
+            )
 
 
 def _strip_token(target: bytes) -> tuple[bytes, bytes | None]:
@@ -139,6 +151,7 @@ def parse_head(raw: bytes, host_port: int) -> Head:
     out = [b"%s %s %s" % (method, target, version)]
     cookie_token = None
     lengths, chunked, upgrade, connection_upgrade = set(), False, False, False
+    seen: dict[bytes, bytes] = {}  # the headers the origin check reads
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
         if not colon or not name or name != name.strip() or line[:1] in b" \t":
@@ -162,6 +175,8 @@ def parse_head(raw: bytes, host_port: int) -> Head:
             upgrade = True
         elif lower == b"connection":
             connection_upgrade = b"upgrade" in [t.strip() for t in value.lower().split(b",")]
+        if lower in (b"host", b"origin", b"sec-fetch-site", b"sec-fetch-mode"):
+            seen[lower] = value
         out.append(line)
     if len(lengths) > 1 or (lengths and chunked):
         raise GateError("400 Bad Request", "the request's length is given twice")
@@ -171,7 +186,18 @@ def parse_head(raw: bytes, host_port: int) -> Head:
         cookie_token=cookie_token,
         body=None if chunked else (lengths.pop() if lengths else 0),
         raw_after=(upgrade and connection_upgrade) or method == b"CONNECT",
+        foreign=_foreign(seen),
     )
+
+
+def _foreign(headers: dict[bytes, bytes]) -> bool:
+    """Whether a browser marked the request as sent by a page of another origin (its fetch
+    metadata, or an Origin other than the host it asked), other than a navigation to a page."""
+    site, mode = headers.get(b"sec-fetch-site"), headers.get(b"sec-fetch-mode")
+    if site in (b"same-site", b"cross-site") and mode != b"navigate":
+        return True
+    origin = headers.get(b"origin")
+    return origin is not None and origin != b"http://" + headers.get(b"host", b"")
 
 
 class Buffered:
@@ -242,6 +268,7 @@ async def forward_requests(reader: Buffered, dst: ByteStream, first: Head, host_
                 while True:
                     await dst.send(await reader.stream.receive(CHUNK))
             head = parse_head(await reader.until(b"\r\n\r\n", MAX_HEAD), host_port)
+            head.check_origin()  # a browser may reuse the connection for another page's request
     except EndOfStream:
         if reader.buffer:  # a cut request: the server gets what came and the EOF
             await dst.send(bytes(reader.buffer))

@@ -183,6 +183,8 @@ class Door:
                     "This port needs the link expose_port gave, with its token (a token is for one port of one "
                     "sandbox, and expires); ask for the link again.",
                 )
+            elif not query_valid:
+                head.check_origin()
         except GateError as exc:
             refusal = port_gate.answer(exc.status, exc.reason)
         except (TimeoutError, *GONE):

@@ -273,6 +273,31 @@ async def test_tokens_open_only_their_own_door() -> None:
                 others[1].host_port, get("/", f"Cookie: mcp_sandbox_port_{door.host_port}={token}", "Connection: close")
             )
             assert answer.startswith(b"HTTP/1.1 403")
+            # The cookie serves the door's own pages and navigations to it, not another origin's page
+            # (another door's page may fetch from it or open its websockets as the user otherwise).
+            jar = f"Cookie: mcp_sandbox_port_{door.host_port}={token}"
+            own = f"http://127.0.0.1:{door.host_port}"
+            for headers, admitted in (
+                ([f"Origin: {own}"], True),
+                (["Sec-Fetch-Site: same-origin", "Sec-Fetch-Mode: cors"], True),
+                (["Sec-Fetch-Site: cross-site", "Sec-Fetch-Mode: navigate"], True),
+                ([f"Origin: http://127.0.0.1:{others[0].host_port}"], False),
+                (["Origin: null"], False),
+                (["Sec-Fetch-Site: same-site", "Sec-Fetch-Mode: cors"], False),
+                (["Sec-Fetch-Site: same-site", "Sec-Fetch-Mode: websocket", "Upgrade: echo", "Connection: Upgrade"],
+                 False),
+            ):
+                request = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{door.host_port}\r\n{jar}\r\n" + "".join(
+                    h + "\r\n" for h in [*headers, "Connection: close"]) + "\r\n"
+                answer = await exchange(door.host_port, request.encode())
+                assert answer.startswith(b"HTTP/1.1 200" if admitted else b"HTTP/1.1 403"), (headers, answer[:200])
+            # Also later on a kept-alive connection: it is cut before the request enters the sandbox.
+            async with await anyio.connect_tcp("127.0.0.1", door.host_port) as stream:
+                await stream.send(get("/first", jar))
+                assert (await stream.receive()).startswith(b"HTTP/1.1 200")
+                await stream.send(get("/second", jar, "Origin: http://elsewhere"))
+                assert b"/second" not in await read_all(stream)
+
             # Unexposed and exposed again: a new door, the old URL is dead.
             await ports.unexpose("sbx_a", port)
             again = await ports.expose("sbx_a", port, loopback)
