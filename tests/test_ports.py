@@ -17,8 +17,13 @@ from pathlib import Path
 import anyio
 import pytest
 from anyio.abc import ByteStream
+from mcp.client import Client
 
-from .conftest import Tools
+from mcp_sandbox.manager import SandboxManager
+from mcp_sandbox.server import build_server
+
+from .conftest import Tools, settings_for
+from .helpers import eventually
 from .test_http import stop
 from .test_http_tenants import ALICE, BOB, connect, start_at, tokens_file
 
@@ -209,3 +214,17 @@ async def test_doors_with_auth_open_with_their_token_only(tmp_path: Path) -> Non
             assert (await fetch(url))[0] == 200
     finally:
         stop(proc)
+
+
+async def test_idle_expiry_and_the_server_stopping_close_the_doors(tmp_path: Path) -> None:
+    async with SandboxManager(settings_for("none", tmp_path / "sandboxes", idle_timeout=1)) as manager:
+        async with Client(build_server(manager)) as client:
+            mcp = Tools(client, "none")
+            port = free_ports(1)[0]
+            door = (await mcp("expose_port", port=port))["host_port"]
+            assert not await refused(door)
+            assert await eventually(lambda: not manager.sandboxes)  # idle for a second: destroyed
+            assert await refused(door)
+            last = (await mcp("expose_port", port=port))["host_port"]  # in a new default sandbox
+            assert not await refused(last)
+    assert await refused(last)
