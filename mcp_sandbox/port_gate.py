@@ -33,6 +33,7 @@ MAX_HEAD = 32 * 1024  # bytes of a request line and headers; browsers send a few
 HEAD_TIMEOUT = 30.0  # seconds a new connection may take to send its first request's head
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
+_STRAY = re.compile(rb"\r(?!\n)|(?<!\r)\n|\x00")  # a CR or LF alone, or NUL: servers split lines differently
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) (HTTP/1\.[01])")
 
 
@@ -142,6 +143,8 @@ def parse_head(raw: bytes, host_port: int) -> Head:
     """Read a request head (ending in an empty line) and rewrite it for the sandbox. Ambiguous
     framing is refused rather than guessed: a request the gate and the server split differently
     could carry cookies past it."""
+    if _STRAY.search(raw[:-4]):
+        raise GateError("400 Bad Request", "a request head may end its lines with CRLF only, and hold no NUL")
     lines = raw[:-4].split(b"\r\n")
     match = _REQUEST_LINE.fullmatch(lines[0])
     if match is None:
@@ -237,17 +240,27 @@ async def _exactly(reader: Buffered, dst: ByteStream, size: int) -> None:
 
 async def _chunks(reader: Buffered, dst: ByteStream) -> None:
     while True:
-        line = await reader.until(b"\r\n", 4096)
+        line = await _line(reader, 4096)
         size = line[:-2].split(b";", 1)[0].strip()
         if not _HEX.fullmatch(size):
             raise GateError("400 Bad Request", "a chunk size was not a hexadecimal number")
         await dst.send(line)
         if int(size, 16) == 0:
-            while (trailer := await reader.until(b"\r\n", MAX_HEAD)) != b"\r\n":
+            while (trailer := await _line(reader, MAX_HEAD)) != b"\r\n":
                 await dst.send(trailer)
             await dst.send(trailer)
             return
-        await _exactly(reader, dst, int(size, 16) + 2)
+        await _exactly(reader, dst, int(size, 16))
+        if await reader.until(b"\r\n", 2) != b"\r\n":
+            raise GateError("400 Bad Request", "a chunk did not end with CRLF")
+        await dst.send(b"\r\n")
+
+
+async def _line(reader: Buffered, limit: int) -> bytes:
+    line = await reader.until(b"\r\n", limit)
+    if _STRAY.search(line[:-2]):
+        raise GateError("400 Bad Request", "a chunk line may end with CRLF only, and hold no NUL")
+    return line
 
 
 async def forward_requests(reader: Buffered, dst: ByteStream, first: Head, host_port: int) -> None:

@@ -242,6 +242,8 @@ async def test_url_token_admits_sets_a_cookie_and_is_stripped() -> None:
             chunked = (f"POST /up?mcp_sandbox_token={token} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
                        "Connection: close\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n").encode()
             assert (await exchange(door.host_port, chunked)).endswith(b"hello world")
+            bad_chunk = chunked.replace(b"hello\r\n", b"helloXX")  # the server would read past the chunk
+            assert await exchange(door.host_port, bad_chunk) == b""
             async with await anyio.connect_tcp("127.0.0.1", door.host_port) as stream:
                 await stream.send(get(f"/?mcp_sandbox_token={token}", "Upgrade: echo", "Connection: Upgrade"))
                 assert b"101" in await stream.receive()
@@ -319,6 +321,9 @@ async def test_the_gate_refuses_what_it_cannot_read() -> None:
                 (f"POST /?mcp_sandbox_token={token} HTTP/1.1\r\nContent-Length: 3\r\n"
                  "Transfer-Encoding: chunked\r\n\r\n".encode(), b"400"),
                 (get("/", "X: " + "a" * (port_gate.MAX_HEAD + 10)), b"431"),
+                # A bare LF: a server that splits lines on it would read a second header the gate did not.
+                (f"POST /?mcp_sandbox_token={token} HTTP/1.1\r\nX: a\nTransfer-Encoding: chunked\r\n"
+                 "Content-Length: 3\r\n\r\n".encode(), b"400"),
             ):
                 assert (await exchange(door.host_port, request)).startswith(b"HTTP/1.1 " + status)
             # Nothing listening behind the door: a clear 502, not a silent close.
