@@ -3,6 +3,7 @@ each beside the same server reached directly on the host's loopback (the floor).
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import anyio
+from anyio.abc import ByteStream
 
 from .config import Config
 from .harness import Report, Row, interleaved_medians_ms, mcp_sandbox
@@ -22,6 +24,8 @@ class Server(http.server.ThreadingHTTPServer):
     request_queue_size = 1024
     daemon_threads = True
 class Quiet(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keeps connections open for the kept-alive measurement
+    disable_nagle_algorithm = True  # head and body are two writes: no 40 ms wait for an ACK
     def log_message(self, *args):
         pass
 handler = functools.partial(Quiet, directory=sys.argv[2])
@@ -39,15 +43,33 @@ def free_port() -> int:
 
 
 async def get(port: int, path: str) -> int:
-    """One GET on a new connection; the bytes of the answer (the server closes after it)."""
+    """One GET on a new connection, closed after it; the bytes of the answer."""
     total = 0
     async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-        await stream.send(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        await stream.send(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
         try:
             while True:
                 total += len(await stream.receive(1 << 20))
         except anyio.EndOfStream:
             return total
+
+
+class KeptAlive:
+    """GETs one after another on one open connection."""
+
+    def __init__(self, stream: ByteStream) -> None:
+        self.stream = stream
+
+    async def get(self, path: str) -> int:
+        await self.stream.send(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await self.stream.receive()
+        head, body = data.split(b"\r\n\r\n", 1)
+        length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        while len(body) < length:
+            body += await self.stream.receive()
+        return len(body)
 
 
 async def many(port: int) -> None:
@@ -84,6 +106,16 @@ async def exposed_ports(report: Report, cfg: Config, backend: str) -> None:
                 report.add(Row(f"HTTP GET through expose_port, new connection ({backend})", latency["door"],
                                floor_name="the same server on host loopback", floor=latency["direct"],
                                target="<= +1 ms", note=f"(+{latency['door'] - latency['direct']:.2f} ms)"))
+                async with await anyio.connect_tcp("127.0.0.1", door) as a, \
+                        await anyio.connect_tcp("127.0.0.1", direct) as b:
+                    through, beside = KeptAlive(a), KeptAlive(b)
+                    kept = await interleaved_medians_ms(
+                        {"door": lambda: through.get("/small.txt"), "direct": lambda: beside.get("/small.txt")},
+                        cfg.runs * 2,
+                    )
+                report.add(Row(f"HTTP GET through expose_port, kept-alive connection ({backend})", kept["door"],
+                               floor_name="the same server on host loopback", floor=kept["direct"],
+                               target="<= +1 ms", note=f"(+{kept['door'] - kept['direct']:.2f} ms)"))
 
                 runs = max(1, cfg.sandbox_runs // 3)
                 download = await interleaved_medians_ms(
