@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from anyio import EndOfStream
 from anyio.abc import ByteReceiveStream, ByteStream
 
-CHUNK = 65536
+from .agent.api import STREAM_CHUNK
+
+CHUNK = STREAM_CHUNK  # what one read takes: a stream's data message at most, not split again
 TOKEN_PARAM = b"mcp_sandbox_token"
 COOKIE_PREFIX = b"mcp_sandbox_port_"
 TOKEN_TTL = 24 * 3600  # seconds a URL (and the cookie made from it) opens its door

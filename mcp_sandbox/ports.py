@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 import anyio
-from anyio.abc import ByteStream, SocketAttribute, TaskGroup, TaskStatus
+from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
+from anyio.streams.stapled import MultiListener
 
 from . import port_gate
-from .agent.api import MAX_STREAMS
 from .errors import SandboxError
 from .port_gate import Buffered, DoorKey, GateError, Signer
 from .settings import Settings
@@ -32,9 +32,11 @@ logger = logging.getLogger(__name__)
 
 CHUNK = port_gate.CHUNK
 MAX_PORTS = 16  # exposed ports per sandbox
-# Live connections per sandbox, over all its doors; more are closed at once. Each holds a stream,
-# whose window the server may buffer: the agent's own bound on the streams it opens.
-MAX_CONNECTIONS = MAX_STREAMS
+# Live connections per sandbox, over all its doors; more wait in the listeners' backlog until one
+# ends. Each holds a stream, whose window (api.STREAM_WINDOW) the server buffers at most when a
+# client reads slower than the sandbox sends.
+MAX_CONNECTIONS = 128
+ACCEPT_RETRY = 0.1  # seconds before accepting again after accept failed (e.g. out of file descriptors)
 CLOSE_TIMEOUT = 5.0  # seconds to close a connection's two ends
 
 # Opens a stream to a port inside the sandbox: sandbox.open_stream.
@@ -84,8 +86,8 @@ class Door:
     """One exposed port: its listener, its live connections, and its URL."""
 
     def __init__(
-        self, key: DoorKey, connect: Connector, listener: anyio.abc.Listener[ByteStream], host_port: int,
-        base_url: str, signer: Signer | None, live: list[int],
+        self, key: DoorKey, connect: Connector, listener: MultiListener[SocketStream], host_port: int,
+        base_url: str, signer: Signer | None, slots: anyio.Semaphore,
     ) -> None:
         self.key = key
         self.host_port = host_port
@@ -97,7 +99,7 @@ class Door:
         self._token_expires = 0.0
         self._scope = anyio.CancelScope()
         self._done = anyio.Event()
-        self._live = live  # the sandbox's count of live connections, shared by its doors: [n]
+        self._slots = slots  # the sandbox's live connections, shared by its doors
 
     @property
     def port(self) -> int:
@@ -124,33 +126,44 @@ class Door:
         try:
             with self._scope:
                 async with self._listener, anyio.create_task_group() as connections:
+                    for listener in self._listener.listeners:  # one per address family of --host
+                        assert isinstance(listener, SocketListener)  # what create_tcp_listener makes
+                        connections.start_soon(self._accept, listener, connections)
                     task_status.started()
-                    await self._listener.serve(self._serve, connections)
-        except Exception:  # the listener failed (e.g. out of file descriptors): this door is gone
-            logger.exception("sandbox %s: the listener of exposed port %d failed", self.key.sandbox_id, self.port)
+        except Exception:  # a bug, not a peer: this door is gone, the others and the server go on
+            logger.exception("sandbox %s: exposed port %d failed", self.key.sandbox_id, self.port)
         finally:
             self._done.set()
+
+    async def _accept(self, listener: SocketListener, connections: TaskGroup) -> None:
+        """Accept connections while the sandbox has a free slot: past MAX_CONNECTIONS, one accepted
+        connection waits for a slot and the next ones in the backlog, instead of being refused."""
+        while True:
+            try:
+                client = await listener.accept()
+            except OSError as exc:
+                logger.warning("sandbox %s: accepting on exposed port %d failed: %s", self.key.sandbox_id, self.port, exc)
+                await anyio.sleep(ACCEPT_RETRY)
+                continue
+            try:
+                await self._slots.acquire()
+            except BaseException:
+                await close_both(client)
+                raise
+            connections.start_soon(self._serve, client)
 
     async def close(self) -> None:
         self._scope.cancel()
         await self._done.wait()
 
     async def _serve(self, client: ByteStream) -> None:
-        if self._live[0] >= MAX_CONNECTIONS:
-            logger.warning(
-                "sandbox %s: its exposed ports have %d connections, the most they may; refusing another on port %d",
-                self.key.sandbox_id, self._live[0], self.port,
-            )
-            await close_both(client)
-            return
-        self._live[0] += 1
         try:
             if self._signer is None:
                 await self._carry(client)
             else:
                 await self._carry_gated(client, self._signer)
         finally:
-            self._live[0] -= 1
+            self._slots.release()
 
     async def _open(self) -> ByteStream:
         try:
@@ -239,7 +252,7 @@ class ExposedPorts:
         auth = not stdio and bool(settings.auth_token or settings.auth_tokens_file)
         self._signer = Signer() if auth else None
         self._doors: dict[str, dict[int, Door]] = {}
-        self._live: dict[str, list[int]] = {}  # by sandbox: its live connections, [n]
+        self._slots: dict[str, anyio.Semaphore] = {}  # by sandbox: its live connections' slots
         self._lock = anyio.Lock()
         self._task_group: TaskGroup | None = None
 
@@ -308,7 +321,7 @@ class ExposedPorts:
             door = Door(
                 key, connect, listener, host_port,
                 f"http://{self.public_host(request_host)}:{host_port}/", self._signer,
-                self._live.setdefault(sandbox_id, [0]),
+                self._slots.setdefault(sandbox_id, anyio.Semaphore(MAX_CONNECTIONS)),
             )
             await self._task_group.start(door.run)
             doors[port] = door
@@ -330,6 +343,6 @@ class ExposedPorts:
         """Close every door of a sandbox (it is being destroyed)."""
         async with self._lock:
             doors = self._doors.pop(sandbox_id, {})
-            self._live.pop(sandbox_id, None)
+            self._slots.pop(sandbox_id, None)
         for door in doors.values():
             await door.close()

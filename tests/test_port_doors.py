@@ -20,7 +20,7 @@ from anyio.abc import ByteStream
 from mcp_sandbox import port_gate
 from mcp_sandbox.errors import SandboxError
 from mcp_sandbox.port_gate import DoorKey
-from mcp_sandbox.ports import MAX_PORTS, ExposedPorts
+from mcp_sandbox.ports import MAX_CONNECTIONS, MAX_PORTS, ExposedPorts
 from mcp_sandbox.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -156,6 +156,43 @@ async def test_http_and_many_connections_at_once() -> None:
             assert sorted(a.split(b"\r\n\r\n", 1)[1].split(b"\n")[0] for a in answers) == sorted(
                 f"GET /{i}".encode() for i in range(50)
             )
+
+
+async def test_connections_past_the_cap_wait_for_a_free_slot() -> None:
+    """A sandbox carries at most MAX_CONNECTIONS at once over all its doors; one more waits (in
+    the backlog) until another ends, instead of being refused."""
+
+    async def echo(stream: ByteStream) -> None:
+        async with stream:
+            try:
+                while True:
+                    await stream.send(await stream.receive())
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                pass
+
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, echo)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with doors() as ports:
+            first, second = await ports.expose("sbx_a", port, loopback), await ports.expose("sbx_a", 1, loopback)
+            held = []
+            for i in range(MAX_CONNECTIONS):
+                stream = await anyio.connect_tcp("127.0.0.1", first.host_port)
+                await stream.send(b"x")
+                with anyio.fail_after(10, reason=f"connection {i}"):
+                    assert await stream.receive() == b"x"
+                held.append(stream)
+            async with await anyio.connect_tcp("127.0.0.1", first.host_port) as waiting:
+                await waiting.send(b"y")
+                with anyio.move_on_after(0.5):
+                    await waiting.receive()
+                    pytest.fail("a connection past the cap was carried")
+                await held.pop().aclose()
+                with anyio.fail_after(10):
+                    assert await waiting.receive() == b"y"
+            for stream in held:
+                await stream.aclose()
+        tg.cancel_scope.cancel()
 
 
 async def test_unexpose_and_sandbox_removal_close_listeners_and_live_connections() -> None:
