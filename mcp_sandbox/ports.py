@@ -311,7 +311,9 @@ class ExposedPorts:
             if self._task_group is None:
                 raise RuntimeError("ExposedPorts is not running; use 'async with ExposedPorts(...)'")
             try:
-                listener = await anyio.create_tcp_listener(local_host=self.bind_host or None, local_port=0)
+                # "::" as the server's host means every address, IPv4 too: anyio's dual-stack socket.
+                every = self.bind_host.strip("[]") in ("", "::")
+                listener = await anyio.create_tcp_listener(local_host=None if every else self.bind_host, local_port=0)
             except OSError as exc:
                 raise SandboxError(
                     "INTERNAL", f"could not listen on {self.bind_host} for port {port}: {exc}; check the server's --host"

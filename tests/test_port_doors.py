@@ -93,9 +93,9 @@ async def doors(settings: Settings = Settings()) -> AsyncIterator[ExposedPorts]:
         yield ports
 
 
-async def exchange(host_port: int, data: bytes) -> bytes:
+async def exchange(host_port: int, data: bytes, host: str = "127.0.0.1") -> bytes:
     """Send ``data``, half-close, and read everything until the door closes."""
-    async with await anyio.connect_tcp("127.0.0.1", host_port) as stream:
+    async with await anyio.connect_tcp(host, host_port) as stream:
         await stream.send(data)
         await stream.send_eof()
         return await read_all(stream)
@@ -379,3 +379,13 @@ def test_urls_name_the_host_clients_reach() -> None:
     assert ports.public_host("evil.org/x?<script>") == socket.gethostname()
     assert ExposedPorts(Settings(transport="http", host="::1")).public_host("x") == "[::1]"
     assert ExposedPorts(Settings(host="0.0.0.0")).bind_host == "127.0.0.1"  # stdio: loopback only
+
+
+async def test_a_server_on_every_address_takes_ipv4_and_ipv6() -> None:
+    async with doors(Settings(transport="http", host="::", auth_token="t" * 32)) as ports:
+        door = await ports.expose("sbx_a", 1, loopback, request_host="example.org:8000")
+        assert door.url.startswith(f"http://example.org:{door.host_port}/?mcp_sandbox_token=")
+        for host in ("127.0.0.1", "::1"):
+            answer = await exchange(door.host_port, get("/", "Connection: close"), host)
+            assert answer.startswith(b"HTTP/1.1 403"), host
+
