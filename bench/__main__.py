@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from . import code, files, peers, scale, shell
+from . import code, files, peers, ports, scale, shell
 from .config import Config
 from .harness import Report
 
@@ -25,6 +25,7 @@ CASES: dict[str, Case] = {
     "stream": files.stream_download,
     "code": code.run_code,
     "scale": scale.many_sandboxes,
+    "ports": ports.exposed_ports,
     "peers": peers.compare,  # optional: llm-sandbox and SWE-ReX, when installed
 }
 

@@ -27,6 +27,7 @@ from .backends.base import AgentConfig, Backend, SandboxSpec
 from .channel import AgentChannel
 from .errors import SandboxError
 from .models import Limits
+from .ports import ExposedPorts
 from .sandbox import Sandbox
 from .settings import Settings
 
@@ -63,6 +64,7 @@ class SandboxManager:
         self._spares: list[Sandbox] = []
         self._spares_starting = 0
         self._stopping = False
+        self.ports = ExposedPorts(self.settings)  # the sandboxes' exposed ports (expose_port)
 
     @property
     def backend(self) -> Backend:
@@ -93,7 +95,7 @@ class SandboxManager:
         if self._backend is None:
             self._backend = await anyio.to_thread.run_sync(make_backend, self.settings)
         await self._backend.reap_orphans()
-        async with anyio.create_task_group() as task_group:
+        async with self.ports, anyio.create_task_group() as task_group:
             self._task_group = task_group
             try:
                 task_group.start_soon(self._expire_idle)
@@ -327,6 +329,7 @@ class SandboxManager:
 
     async def _remove(self, sandbox: Sandbox) -> None:
         with anyio.CancelScope(shield=True):
+            await self.ports.close_sandbox(sandbox.id)
             sandbox.channel.close("the sandbox was destroyed")
             await sandbox.handle.destroy()
 

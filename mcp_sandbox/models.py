@@ -40,6 +40,20 @@ class SandboxCreated(BaseModel):
     network: bool
 
 
+class ExposedPort(BaseModel):
+    port: int = Field(description="The port inside the sandbox.")
+    url: str = Field(description="Where a browser or client on the host reaches it (with its token if any).")
+
+
+class PortExposed(ExposedPort):
+    host_port: int = Field(description="The host TCP port that carries connections to it.")
+
+
+class PortUnexposed(BaseModel):
+    port: int
+    unexposed: bool = True
+
+
 class SandboxInfo(SandboxCreated):
     created_at: datetime
     idle_expires_at: datetime
@@ -47,6 +61,7 @@ class SandboxInfo(SandboxCreated):
     processes: list[str]
     code_contexts: list[str]
     limits: Limits
+    exposed_ports: list[ExposedPort] = Field(default_factory=list, description="Ports exposed with expose_port.")
 
 
 class Destroyed(BaseModel):

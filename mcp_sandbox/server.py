@@ -7,7 +7,7 @@ from mcp.server.mcpserver import MCPServer
 from . import __version__, prompts
 from .client_log import ClientLog
 from .manager import SandboxManager
-from .tools import code, files, processes, sandboxes, sessions
+from .tools import code, files, ports, processes, sandboxes, sessions
 
 INSTRUCTIONS = """\
 mcp-sandbox gives you a real Linux sandbox: a bash shell whose state persists, files, and more.
@@ -19,6 +19,7 @@ mcp-sandbox gives you a real Linux sandbox: a bash shell whose state persists, f
 - read_file/write_file/list_files handle files (images come back as images).
 - run_code runs Python or JavaScript in a persistent interpreter, like a notebook cell: variables
   persist, the last expression and matplotlib figures come back as results (plots as images).
+- expose_port gives a URL for a port a server in the sandbox listens on, for the user's browser.
 - Paths are relative to the session's cwd; the workspace directory is the place for your files.
 - Errors read 'CODE: what was wrong; what to do'.
 """
@@ -35,7 +36,7 @@ def build_server(manager: SandboxManager) -> MCPServer:
         lifespan=client_log.lifespan,
     )
     client_log.install(server)
-    for module in (sandboxes, sessions, processes, files, code):
+    for module in (sandboxes, sessions, processes, files, code, ports):
         module.register(server, manager)
     prompts.register(server)
     return server

@@ -12,7 +12,7 @@ ROOT = Path(__file__).parent.parent
 def test_bench_smoke_prints_figures_floors_and_ratios() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--backend", "none", "--only", "exec", "--only", "output",
-         "--only", "files", "--only", "bigfile", "--only", "stream"],
+         "--only", "files", "--only", "bigfile", "--only", "stream", "--only", "ports"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -22,6 +22,7 @@ def test_bench_smoke_prints_figures_floors_and_ratios() -> None:
     assert "server RSS growth" in table
     assert "1 MiB write_file + read_file over MCP (none)" in table
     assert "1 MiB download through open_stream (none)" in table
+    assert "HTTP GET through expose_port, new connection (none)" in table
     ratios = [line.split("|")[4].strip() for line in table.splitlines()[2:]]
     assert any(r.endswith("x") for r in ratios)
 

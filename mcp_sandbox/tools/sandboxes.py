@@ -11,7 +11,7 @@ from pydantic import Field
 
 from ..errors import SandboxError
 from ..manager import SandboxManager
-from ..models import Destroyed, Limits, SandboxCreated, SandboxInfo
+from ..models import Destroyed, ExposedPort, Limits, SandboxCreated, SandboxInfo
 from .common import CREATES, DESTRUCTIVE, READ_ONLY, Env, SandboxId, result, tool_errors, with_settings
 
 
@@ -49,8 +49,8 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
     @server.tool(annotations=READ_ONLY)
     @tool_errors
     async def sandbox_info(sandbox_id: SandboxId = None) -> Annotated[CallToolResult, SandboxInfo]:
-        """Describe a sandbox: backend, isolation, workspace path, its sessions, processes and
-        code contexts, when it expires, and the limits in force."""
+        """Describe a sandbox: backend, isolation, workspace path, its sessions, processes,
+        code contexts and exposed ports, when it expires, and the limits in force."""
         sandbox = await manager.get(sandbox_id)
         sessions = await sandbox.list_sessions()
         processes = await sandbox.list_processes()
@@ -65,6 +65,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
             processes=[p.process_id for p in processes.processes],
             code_contexts=[c.context_id for c in contexts.contexts],
             limits=Limits(**manager.limits()),
+            exposed_ports=[ExposedPort(port=d.port, url=d.url) for d in manager.ports.listed(sandbox.id)],
         )
         return result(model, model.model_dump_json(indent=2))
 
