@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from mcp_sandbox.agent.keys import key_bytes
+
 from .conftest import Tools
 from .helpers import workspace
-
-pytestmark = pytest.mark.anyio
 
 
 async def screen(mcp: Tools, process_id: str, wait_for: str, timeout: float = 20) -> dict[str, Any]:
@@ -20,6 +20,7 @@ async def screen(mcp: Tools, process_id: str, wait_for: str, timeout: float = 20
     return r
 
 
+@pytest.mark.anyio
 async def test_python_repl_with_ctrl_c(mcp: Tools) -> None:
     r = await mcp("start_process", command="python3 -q", tty=True, process_id="py", cols=100, rows=30)
     assert (r["tty"], r["cols"], r["rows"]) == (True, 100, 30)
@@ -66,6 +67,7 @@ while :; do sleep 0.1; done
 """
 
 
+@pytest.mark.anyio
 async def test_full_screen_program_positions_its_cursor_and_sees_resizes(mcp: Tools) -> None:
     ws = await workspace(mcp)
     await mcp("write_file", path=f"{ws}/draw.sh", content=FULL_SCREEN)
@@ -101,6 +103,7 @@ echo "answers: $a $b $name"
 """
 
 
+@pytest.mark.anyio
 async def test_questions_answered_with_keys_and_less_on_a_long_file(mcp: Tools) -> None:
     ws = await workspace(mcp)
     await mcp("write_file", path=f"{ws}/ask.sh", content=QUESTIONS)
@@ -135,6 +138,7 @@ async def test_questions_answered_with_keys_and_less_on_a_long_file(mcp: Tools) 
     assert "line" not in s["text"]  # the pager's screen is gone: the shell's came back
 
 
+@pytest.mark.anyio
 @pytest.mark.parametrize("backend", ["bwrap"], indirect=True)
 async def test_bad_terminal_input_is_refused_with_what_to_do(mcp: Tools) -> None:
     text = await mcp.error("start_process", command="cat", cols=100)
@@ -161,3 +165,12 @@ async def test_bad_terminal_input_is_refused_with_what_to_do(mcp: Tools) -> None
     for tool, args in (("get_process_screen", {}), ("resize_terminal", {"cols": 80, "rows": 24})):
         text = await mcp.error(tool, process_id="pipe", **args)
         assert "INVALID_ARGUMENT" in text and "no terminal" in text, text
+
+
+def test_keys_are_the_bytes_an_xterm_sends() -> None:
+    assert key_bytes(["Up", "home", "C-c", "Ctrl+D", "M-x", "Alt-Enter", "F5", "q"], True, False) == (
+        "\x1b[A\x1b[H\x03\x04\x1bx\x1b\r\x1b[15~q"
+    )
+    # In application cursor mode (less, vim, readline ask for it) cursor keys say ESC O.
+    assert key_bytes(["Up", "End", "PageDown"], True, True) == "\x1bOA\x1bOF\x1b[6~"
+    assert key_bytes(["Enter", "Tab", "x"], False, False) == "\n\tx"
