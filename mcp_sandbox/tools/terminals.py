@@ -28,7 +28,8 @@ def render_screen(r: ProcessScreen, wait_for: str | None) -> str:
     lines = r.text.split("\n")
     while lines and not lines[-1]:
         lines.pop()
-    parts.append(f"--- screen ({len(lines)} of {r.rows} rows shown; the rest are blank) ---")
+    blank = f" (the last {r.rows - len(lines)} of {r.rows} rows are blank)" if len(lines) < r.rows else ""
+    parts.append(f"--- screen{blank} ---")
     parts.extend(lines)
     return "\n".join(parts)
 
