@@ -35,10 +35,11 @@ async def test_python_repl_with_ctrl_c(mcp: Tools) -> None:
     assert s["cursor"] == {"row": 2, "col": 4, "visible": True}
 
     # Ctrl-C interrupts a busy loop in the program, not the REPL.
-    await mcp("send_process_input", process_id="py", data="while True: pass", keys=["Enter", "Enter"])
-    await screen(mcp, "py", r"^\.\.\.\s*$")  # the loop runs: the cursor has left that line
+    await mcp("send_process_input", process_id="py", data="exec('print(\"spinning\")\\nwhile True: pass')\r")
+    await screen(mcp, "py", r"^spinning$")
     await mcp("send_process_input", process_id="py", keys=["C-c"])
     s = await screen(mcp, "py", r"^KeyboardInterrupt\n>>> $")
+    assert 'File "<string>", line 2, in <module>' in s["text"]  # raised in the loop
     assert s["status"] == "running"
     await mcp("send_process_input", process_id="py", data="print('still', 'alive')", keys=["Enter"])
     await screen(mcp, "py", r"^still alive$")
