@@ -43,7 +43,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
             str | None,
             Field(
                 description="A regular expression (Python syntax, ^ and $ match at each line) to wait for on the "
-                "screen, e.g. a prompt '>>> $' or 'Continue\\\\? \\\\[y/n\\\\]'; the matching line comes back in 'matched'."
+                "screen, e.g. a prompt '>>> $' or 'Continue\\? \\[y/n\\]'; the matching line comes back in 'matched'."
             ),
         ] = None,
         timeout: Annotated[
