@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -10,6 +9,7 @@ from typing import Any
 
 import anyio
 from anyio.abc import ByteStream
+
 from .agent.api import OUTPUT, Method
 from .agent.names import params_problem
 from .backends.base import AgentHandle
@@ -231,7 +231,10 @@ class Sandbox(SandboxFiles):
         """A tty process's raw stream from ``offset`` (at most 256 KiB), after waiting up to
         ``wait`` seconds (at most 10) for bytes beyond it; read on from ``next_offset``."""
         result = await self.call(Method.READ_TERMINAL, {"process_id": process_id, "offset": offset, "wait": wait or None})
-        result["data"] = base64.b64decode(result["data"])
+        data = result.get("data")
+        if not isinstance(data, memoryview):  # what a well-behaved agent sends (agent/protocol.py)
+            raise SandboxError("INTERNAL", "the sandbox's agent answered a terminal read without its bytes")
+        result["data"] = bytes(data)
         return TerminalOutput.model_validate(result)
 
     async def resize_terminal(self, process_id: str, cols: int, rows: int) -> TerminalResized:

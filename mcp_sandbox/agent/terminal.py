@@ -11,7 +11,6 @@ stream had reached, so a screen rebuilt later from the log takes each size at th
 from __future__ import annotations
 
 import asyncio
-import base64
 import fcntl
 import os
 import struct
@@ -19,12 +18,12 @@ import termios
 from typing import Any, Dict, List, Optional, Tuple
 
 from .pipes import write_when_ready
-from .protocol import AgentError, Base64Text
+from .protocol import AgentError
 
 TERM = "xterm-256color"
 DEFAULT_COLS, DEFAULT_ROWS = 80, 24
 MAX_COLS, MAX_ROWS = 500, 200
-# One read_terminal answer carries at most this much of the stream (as base64 in one line).
+# One read_terminal answer carries at most this much of the stream.
 READ_MAX = 256 << 10
 # How long read_terminal may wait for new bytes; the host asks again for longer waits.
 MAX_WAIT = 10.0
@@ -181,7 +180,7 @@ class Terminal:
             "cols": cols,
             "rows": rows,
             "resizes": [list(entry) for entry in self.sizes if offset < entry[0] <= end],
-            "data": Base64Text(base64.b64encode(data).decode("ascii")),
+            "data": data,  # bytes, sent beside the answer as they are
         }
 
     def close(self) -> None:
