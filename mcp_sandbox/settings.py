@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from .egress.rules import AllowList
 from .mounts import Mount, parse_mount
 from .sizes import parse_size
 
@@ -47,6 +48,13 @@ class Settings(BaseModel):
         json_schema_extra={"flag": "--mount", "separator": ";"},
     )
     network: bool = Field(False, description="Allow sandboxes network access (off by default).")
+    allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Egress allow-list: a host sandboxes may reach through a proxy inside each one (without "
+        "full --network), as example.org, *.example.com, an IP address, each optionally :port; repeatable; "
+        "in the environment separated by ','.",
+        json_schema_extra={"flag": "--allow-host", "separator": ","},
+    )
     memory: str = Field(
         "2g", description="Memory limit per sandbox (Docker; local sandboxes through cgroups where the host has them)."
     )
@@ -88,6 +96,11 @@ class Settings(BaseModel):
         if isinstance(value, list):
             return [parse_mount(v) if isinstance(v, str) else v for v in value]
         return value
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        return AllowList.parse(value).texts  # ValueError says which pattern is wrong
 
     @field_validator("memory", "disk")
     @classmethod
