@@ -8,6 +8,8 @@ in the sandbox. The agent runs beside code the host does not trust: see AgentCha
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -17,8 +19,10 @@ import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
 from anyio.streams.memory import MemoryObjectSendStream
 
+from .agent.api import STREAM_MESSAGES, Stream
 from .agent.protocol import NOTIFICATION_MAX
 from .errors import ErrorCode, SandboxError
+from .streams import Streams, Violation
 
 logger = logging.getLogger(__name__)
 
@@ -51,16 +55,6 @@ def encode_request(message: dict[str, Any]) -> bytes:
     return head[:-2].encode("utf-8", "surrogatepass") + opening + payload.encode("ascii") + b'"}}\n'
 
 
-class _Violation(Exception):
-    """Something a well-behaved agent never sends: the channel can no longer be trusted.
-    ``what`` is for the caller; ``line``, the offending bytes, only for the log."""
-
-    def __init__(self, what: str, line: bytes = b"") -> None:
-        super().__init__(what)
-        self.what = what
-        self.line = line
-
-
 class _Call:
     """A request waiting for its answer; notifications tied to it queue in ``notes``."""
 
@@ -86,6 +80,7 @@ class AgentChannel:
         self._next_id = 0
         self._closed_reason: str | None = None
         self._closed = anyio.Event()
+        self.streams = Streams(self, name)
 
     @property
     def closed(self) -> bool:
@@ -95,36 +90,41 @@ class AgentChannel:
         """Read the agent's messages until its stream ends. Once the channel is closed, what still
         comes is read and dropped: Docker's engine removes a container only after its output was
         taken, and the sandbox's removal ends the stream."""
+        async with anyio.create_task_group() as task_group:
+            self.streams.serve(task_group)  # handlers of the streams the agent opens
+            try:
+                await self._read()
+            finally:
+                self.close("the sandbox's agent stopped (the sandbox was destroyed or crashed)")
+
+    async def _read(self) -> None:
         buffer = bytearray()
-        try:
-            while True:
-                try:
-                    chunk = await self._receive.receive(1 << 20)
-                except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-                    break
-                if self._closed_reason is not None:
-                    continue
-                try:
-                    scan = len(buffer)  # what came before has no newline: search only the new part
-                    buffer += chunk
-                    start = 0
-                    while (end := buffer.find(b"\n", scan)) >= 0:
-                        if end - start > self._max_line:
-                            raise _Violation(f"a line of {end - start} bytes, more than the {self._max_line} allowed")
-                        self._dispatch(bytes(buffer[start:end]))
-                        start = scan = end + 1
-                    del buffer[:start]
-                    if len(buffer) > self._max_line:
-                        raise _Violation(f"more than {self._max_line} bytes without a line end")
-                except _Violation as exc:
-                    logger.warning(
-                        "%s: the agent broke the channel protocol (%s%s); stopping the sandbox",
-                        self._name, exc.what, f": {exc.line[:100]!r}" if exc.line else "",
-                    )
-                    self.close(f"the sandbox's agent broke the channel protocol ({exc.what}), so the sandbox was stopped")
-                    buffer = bytearray()
-        finally:
-            self.close("the sandbox's agent stopped (the sandbox was destroyed or crashed)")
+        while True:
+            try:
+                chunk = await self._receive.receive(1 << 20)
+            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+                return
+            if self._closed_reason is not None:
+                continue
+            try:
+                scan = len(buffer)  # what came before has no newline: search only the new part
+                buffer += chunk
+                start = 0
+                while (end := buffer.find(b"\n", scan)) >= 0:
+                    if end - start > self._max_line:
+                        raise Violation(f"a line of {end - start} bytes, more than the {self._max_line} allowed")
+                    self._dispatch(bytes(buffer[start:end]))
+                    start = scan = end + 1
+                del buffer[:start]
+                if len(buffer) > self._max_line:
+                    raise Violation(f"more than {self._max_line} bytes without a line end")
+            except Violation as exc:
+                logger.warning(
+                    "%s: the agent broke the channel protocol (%s%s); stopping the sandbox",
+                    self._name, exc.what, f": {exc.line[:100]!r}" if exc.line else "",
+                )
+                self.close(f"the sandbox's agent broke the channel protocol ({exc.what}), so the sandbox was stopped")
+                buffer = bytearray()
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
@@ -134,14 +134,17 @@ class AgentChannel:
         try:
             message = json.loads(line)
         except (ValueError, RecursionError):
-            raise _Violation("an unreadable line", line) from None
+            raise Violation("an unreadable line", line) from None
         if type(message) is not dict:
-            raise _Violation("a line that is not a JSON object", line)
+            raise Violation("a line that is not a JSON object", line)
         request_id = message.get("id")
+        if request_id is None and message.get("method") in STREAM_MESSAGES:
+            self._stream_message(message, line)
+            return
         if request_id is None:  # a notification: {"method": m, "params": {"id": n, ...}}
             params = message.get("params")
             if type(message.get("method")) is not str or type(params) is not dict or len(line) > NOTIFICATION_MAX:
-                raise _Violation("a malformed notification", line)
+                raise Violation("a malformed notification", line)
             call = self._pending.get(self._issued(params.get("id"), line))
             if call is not None:
                 try:
@@ -153,18 +156,34 @@ class AgentChannel:
             error = message["error"]
             if "result" in message or type(error) is not dict or type(error.get("code")) is not str \
                     or type(error.get("message")) is not str:
-                raise _Violation("a malformed error", line)
+                raise Violation("a malformed error", line)
         elif type(message.get("result")) is not dict:
-            raise _Violation("an answer without a result", line)
+            raise Violation("an answer without a result", line)
         # Answers to calls that gave up (cancelled, past their deadline) still arrive: dropped.
         call = self._pending.pop(self._issued(request_id, line), None)
         if call is not None:
             call.answer = message
             call.notes.close()
 
+    def _stream_message(self, message: dict[str, Any], line: bytes) -> None:
+        params = message.get("params")
+        if type(params) is not dict or len(line) > NOTIFICATION_MAX:
+            raise Violation("a malformed stream message", line)
+        if message["method"] != Stream.DATA:
+            self.streams.received(message["method"], params)
+            return
+        data = params.get("data")
+        try:
+            if type(data) is not str:
+                raise ValueError
+            decoded = base64.b64decode(data, validate=True)
+        except (ValueError, binascii.Error):
+            raise Violation("malformed stream data", line) from None
+        self.streams.received_data(params.get("stream"), decoded)
+
     def _issued(self, request_id: Any, line: bytes) -> int:
         if type(request_id) is not int or not 0 < request_id <= self._next_id:
-            raise _Violation("a message for a request that was never sent", line)
+            raise Violation("a message for a request that was never sent", line)
         return request_id
 
     def close(self, reason: str) -> None:
@@ -172,6 +191,7 @@ class AgentChannel:
         if self._closed_reason is None:
             self._closed_reason = reason
         self._closed.set()
+        self.streams.close(self._closed_reason)
         for call in self._pending.values():
             call.notes.close()
         self._pending.clear()
@@ -227,6 +247,15 @@ class AgentChannel:
             if scope.cancelled_caught:
                 logger.warning("%s: the agent takes no requests any more; stopping the sandbox", self._name)
                 self.close("the sandbox's agent stopped taking requests, so the sandbox was stopped")
+
+    async def post(self, message: dict[str, Any]) -> None:
+        """A message that is no request (streams.py's); fails with BACKEND_UNAVAILABLE if the agent is gone."""
+        if self._closed_reason is not None:
+            raise SandboxError("BACKEND_UNAVAILABLE", f"{self._closed_reason}; create a new sandbox")
+        await self._write(message)
+
+    async def post_data(self, stream: int, data: bytes | memoryview) -> None:
+        await self.post({"method": Stream.DATA, "params": {"stream": stream, "data": Base64Text(base64.b64encode(data).decode("ascii"))}})
 
     async def _write(self, message: dict[str, Any]) -> None:
         data = encode_request(message)

@@ -6,6 +6,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
+from anyio.abc import ByteStream
 from .agent.api import OUTPUT, Method
 from .agent.names import params_problem
 from .backends.base import AgentHandle
@@ -31,6 +33,7 @@ from .models import (
     SessionList,
 )
 from .sandbox_files import SandboxFiles
+from .streams import StreamHandler
 
 # Called with (stream name, new text, bytes so far) while a command prints.
 OutputCallback = Callable[[str, str, int], Awaitable[None]]
@@ -252,3 +255,30 @@ class Sandbox(SandboxFiles):
 
     async def delete_code_context(self, context_id: str) -> CodeContextDeleted:
         return CodeContextDeleted.model_validate(await self.call(Method.DELETE_CODE_CONTEXT, {"context_id": context_id}))
+
+    # -- streams (streams.py) -------------------------------------------------------------------------
+
+    async def open_stream(self, port: int) -> ByteStream:
+        """A byte stream to 127.0.0.1:``port`` inside the sandbox; INVALID_ARGUMENT if nothing
+        accepts connections there."""
+        stream = self.channel.streams.new()
+        try:
+            await self.call(Method.OPEN_STREAM, {"port": port, "stream": stream.id})
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()  # the agent may have connected it before the call gave up
+            raise
+        return stream
+
+    def on_stream(self, kind: str, handler: StreamHandler) -> None:
+        """Hand the streams the agent opens for ``kind`` (see listen) to ``handler``, each in a
+        task the sandbox owns; the stream is closed when the handler returns."""
+        self.channel.streams.on_stream(kind, handler)
+
+    async def listen(self, kind: str, port: int) -> int:
+        """Accept connections on 127.0.0.1:``port`` inside the sandbox (0: any free port), each
+        becoming a stream for the handler of ``kind``; returns the port."""
+        if not self.channel.streams.handles(kind):
+            raise SandboxError("INVALID_ARGUMENT", f"no handler for streams of kind {kind!r}; call on_stream first")
+        result = await self.call(Method.LISTEN, {"kind": kind, "port": port})
+        return int(result["port"])

@@ -9,6 +9,7 @@ with SIGSTOP for an agent that never answers.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import os
@@ -24,6 +25,7 @@ import pytest
 from mcp.client import Client
 
 from mcp_sandbox import deadlines
+from mcp_sandbox.agent.api import STREAM_CHUNK, STREAM_WINDOW
 from mcp_sandbox.backends import docker as docker_backend
 from mcp_sandbox.manager import SandboxManager
 from mcp_sandbox.sandbox import Sandbox
@@ -31,6 +33,7 @@ from mcp_sandbox.server import build_server
 
 from .conftest import Tools, require_backend, unavailable
 from .helpers import eventually, memory_kib, reset_peak_rss
+from .test_streams import server as streams_server
 
 pytestmark = pytest.mark.anyio
 
@@ -298,6 +301,9 @@ GARBAGE = {
     "a malformed error": b'{"id":1,"error":"no"}\n',
     "a malformed notification": b'{"method":"output","params":[1]}\n',
     "bytes that are not JSON": b"\xff\xfe garbage\n",
+    "data for a stream never opened": b'{"method":"stream_data","params":{"stream":1,"data":"AAAA"}}\n',
+    "a stream of a kind nobody listens for": b'{"method":"stream_open","params":{"stream":2,"kind":"x"}}\n',
+    "a stream credit that is no number": b'{"method":"stream_credit","params":{"stream":1,"bytes":"all"}}\n',
 }
 
 
@@ -322,6 +328,27 @@ async def test_garbage_on_the_channel_ends_only_its_sandbox(manager_factory: Any
         assert "BACKEND_UNAVAILABLE:" in text and "unreadable line" in text
         assert seconds < 10
         assert await gone(manager, sid)
+        assert (await mcp.sh("echo alive", sandbox_id=bystander))["stdout"] == "alive\n"
+
+
+async def test_a_stream_past_its_window_ends_only_its_sandbox(manager_factory: Any, backend: str) -> None:
+    """Flow control is checked: an agent that sends more than a stream's window is stopped, so it
+    cannot make the server buffer an unread stream without bound."""
+    require_root()
+    async with served(manager_factory, backend) as (manager, mcp):
+        bystander = (await mcp("create_sandbox"))["sandbox_id"]
+        sid = (await mcp("create_sandbox"))["sandbox_id"]
+        sandbox = manager.sandboxes[sid]
+        stream = await sandbox.open_stream(await streams_server(sandbox, "echo"))  # sends nothing unasked
+        out = channel_out(agent_pid(sandbox))
+        chunk = base64.b64encode(b"x" * STREAM_CHUNK).decode()
+        line = json.dumps({"method": "stream_data", "params": {"stream": stream.id, "data": chunk}}).encode() + b"\n"  # type: ignore[attr-defined]
+        text, seconds = await hit_while_waiting(mcp, sid, "sleep 30", out, [line] * (STREAM_WINDOW // STREAM_CHUNK + 1))
+        assert "BACKEND_UNAVAILABLE:" in text and "window" in text, text
+        assert seconds < 10
+        assert await gone(manager, sid)
+        with pytest.raises(anyio.BrokenResourceError):
+            await stream.receive()
         assert (await mcp.sh("echo alive", sandbox_id=bystander))["stdout"] == "alive\n"
 
 

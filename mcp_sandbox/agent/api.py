@@ -48,6 +48,8 @@ class Method:
     RUN_CODE = "run_code"
     LIST_CODE_CONTEXTS = "list_code_contexts"
     DELETE_CODE_CONTEXT = "delete_code_context"
+    OPEN_STREAM = "open_stream"  # connect to 127.0.0.1:port in the sandbox, as stream ``stream``
+    LISTEN = "listen"  # accept on 127.0.0.1:port in the sandbox; each connection a stream of ``kind``
 
 
 METHODS = frozenset(value for name, value in vars(Method).items() if name.isupper())
@@ -55,6 +57,27 @@ METHODS = frozenset(value for name, value in vars(Method).items() if name.isuppe
 # Not requests: the host's cancel of a request it sent, and the agent's output notification.
 CANCEL = "cancel"
 OUTPUT = "output"
+
+
+class Stream:
+    """Messages about byte streams (streams.py on both ends), either way, never tied to a request.
+    Streams the host opens have odd ids, those the agent opens (a listener's connections) even
+    ones; neither end reuses an id."""
+
+    DATA = "stream_data"  # {"stream": n, "data": bytes}: at most WINDOW not yet credited
+    CREDIT = "stream_credit"  # {"stream": n, "bytes": k}: the receiver took k bytes; send k more
+    EOF = "stream_eof"  # {"stream": n}: nothing more comes this way
+    CLOSE = "stream_close"  # {"stream": n}: both ways, at once (a reset)
+    OPEN = "stream_open"  # agent to host: {"stream": n, "kind": k}, a connection a listener took
+
+
+STREAM_MESSAGES = frozenset(value for name, value in vars(Stream).items() if name.isupper())
+# Flow control: what each end of a stream may have sent and the other not yet taken, each way; and
+# the most one data message carries. The host holds at most MAX_STREAMS * STREAM_WINDOW for streams.
+STREAM_WINDOW = 256 << 10
+STREAM_CHUNK = 64 << 10
+# Streams the agent may have open that a listener accepted; it refuses connections beyond.
+MAX_STREAMS = 128
 
 
 class Limits(TypedDict):

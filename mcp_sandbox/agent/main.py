@@ -20,6 +20,7 @@ from .pipes import enlarge_pipe
 from .processes import Processes
 from .protocol import Connection, Handler, Request, line_limit
 from .sessions import Sessions
+from .streams import Streams
 from .tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -99,6 +100,7 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
     processes = Processes(children, sessions, config)
     sessions.on_delete.append(processes.kill_session)
     sessions.in_use.append(processes.session_busy)
+    streams = Streams()
     # Files and code contexts are imported on first use: a sandbox starts faster without them.
     loaded_files: List["Files"] = []
     loaded_contexts: List["Contexts"] = []
@@ -161,8 +163,10 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
         Method.RUN_CODE: lambda request: contexts().run(request),
         Method.LIST_CODE_CONTEXTS: simple(lambda p: contexts().list()),
         Method.DELETE_CODE_CONTEXT: simple(lambda p: contexts().delete(p["context_id"])),
+        Method.OPEN_STREAM: streams.open,
+        Method.LISTEN: streams.listen,
     }
-    connection = Connection(in_fd, out_fd, handlers, line_limit(config["max_output"]))
+    connection = Connection(in_fd, out_fd, handlers, line_limit(config["max_output"]), streams.notifications())
     stopping = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, _set_once, stopping)
@@ -180,6 +184,7 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
     await asyncio.sleep(0)
     children.kill(None, "")
     await connection.aclose()
+    await streams.aclose()
     # Then what the components spawned: their children are gone, so none of this waits long.
     await sessions.aclose()
     await processes.aclose()

@@ -9,11 +9,13 @@ Messages host -> agent: ``{"id": n, "method": m, "params": {...}}`` (a request) 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import os
 from typing import Any, Awaitable, Callable, Dict, List, Optional
 
-from .api import CANCEL
+from .api import CANCEL, Stream
 
 
 class AgentError(Exception):
@@ -75,10 +77,15 @@ def encode(message: Dict[str, Any]) -> bytes:
 class Connection:
     """Reads requests, runs each in its own task, writes responses; cancel kills a task."""
 
-    def __init__(self, in_fd: int, out_fd: int, handlers: Dict[str, Handler], max_line: int) -> None:
+    def __init__(
+        self, in_fd: int, out_fd: int, handlers: Dict[str, Handler], max_line: int,
+        notifications: Optional[Dict[str, Callable[[Dict[str, Any]], None]]] = None,
+    ) -> None:
         self._in_fd = in_fd
         self._out_fd = out_fd
         self._handlers = handlers
+        # Messages that are no request (streams.py's): handled at once, in the order they came.
+        self._notifications = notifications or {}
         self._max_line = max_line
         self._tasks: Dict[int, "asyncio.Task[None]"] = {}
         self._writer: Optional[asyncio.StreamWriter] = None
@@ -109,12 +116,29 @@ class Connection:
                 if task is not None:
                     task.cancel()
                 continue
+            notification = self._notifications.get(message.get("method"))
+            if notification is not None:
+                self._notify(notification, message.get("params"))
+                continue
             request_id = message.get("id")
             self._tasks[request_id] = loop.create_task(
                 self._run(Request(self, request_id, message.get("params") or {}), message.get("method"))
             )
             # Keep the host's big writes from piling up unboundedly behind a slow reader.
             await self._writer.drain()
+
+    def _notify(self, notification: Callable[[Dict[str, Any]], None], params: Any) -> None:
+        """A stream message; a malformed one (a host bug) is dropped."""
+        try:
+            if isinstance(params.get("data"), str):
+                params["data"] = base64.b64decode(params["data"])
+            notification(params)
+        except (AttributeError, KeyError, TypeError, ValueError, binascii.Error):
+            pass
+
+    def send_data(self, stream: int, data: bytes) -> None:
+        """Bytes of a stream to the host."""
+        self.send({"method": Stream.DATA, "params": {"stream": stream, "data": Base64Text(base64.b64encode(data).decode("ascii"))}})
 
     async def _run(self, request: Request, method: str) -> None:
         try:
