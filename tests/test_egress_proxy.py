@@ -10,6 +10,7 @@ import anyio
 import pytest
 from anyio.streams.buffered import BufferedByteStream
 
+from mcp_sandbox.cli import load_settings
 from mcp_sandbox.egress.messages import BadMessage, parse_head, request_framing, request_target
 from mcp_sandbox.egress.proxy import Egress
 from mcp_sandbox.egress.rules import AllowList, parse_address, parse_pattern, refusal
@@ -52,7 +53,8 @@ def test_internal_addresses_are_refused() -> None:
     for text, kind in [("127.0.0.1", "loopback"), ("::1", "loopback"), ("10.2.3.4", "private"),
                        ("192.168.1.1", "private"), ("169.254.169.254", "link-local"), ("fe80::1", "link-local"),
                        ("224.0.0.1", "multicast"), ("0.0.0.0", "unspecified"), ("::ffff:127.0.0.1", "loopback"),
-                       ("100.64.0.1", "non-public")]:
+                       ("100.64.0.1", "private"), ("64:ff9b::a00:1", "private"),
+                       ("255.255.255.255", "reserved")]:
         address = parse_address(text)
         assert address is not None and kind in (refusal(address) or ""), text
     public = parse_address("93.184.215.14")
@@ -217,3 +219,12 @@ async def test_a_hostile_client_ends_only_its_own_connection(upstream: int) -> N
         async with await connect(port) as client:  # the proxy serves on
             await client.send(f"GET http://127.0.0.1:{upstream}/ HTTP/1.1\r\nHost: h\r\n\r\n".encode())
             assert (await response(client))[0].startswith("HTTP/1.1 200")
+
+
+def test_allow_host_option_and_variable(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    assert load_settings(["--allow-host", "a.org", "--allow-host", "*.b.org:443"]).allow_hosts == ["a.org", "*.b.org:443"]
+    monkeypatch.setenv("MCP_SANDBOX_ALLOW_HOSTS", "a.org, 10.0.0.5:80")
+    assert load_settings([]).allow_hosts == ["a.org", "10.0.0.5:80"]
+    with pytest.raises(SystemExit):
+        load_settings(["--allow-host", "a.org:http"])
+    assert "--allow-host" in capsys.readouterr().err

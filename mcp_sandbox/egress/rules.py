@@ -111,14 +111,29 @@ def parse_pattern(text: str) -> HostPattern:
     return HostPattern(text.strip(), host, wildcard, port)
 
 
+# Destinations inside some network rather than on the internet. Not Python's is_private or
+# is_global: they also cover documentation ranges, which some networks route to real hosts.
+_REFUSED = [
+    (kind, ipaddress.ip_network(net))
+    for kind, nets in {
+        "a loopback": ["127.0.0.0/8", "::1/128"],
+        "a private": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7", "fec0::/10"],
+        "a link-local": ["169.254.0.0/16", "fe80::/10"],
+        "a multicast": ["224.0.0.0/4", "ff00::/8"],
+        "an unspecified": ["0.0.0.0/8", "::/128"],
+        "a reserved": ["240.0.0.0/4"],
+    }.items()
+    for net in nets
+]
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def refusal(address: IPAddress) -> str | None:
     """Why a destination address is refused unless a pattern names it literally, or None."""
-    for test, kind in (
-        (address.is_loopback, "a loopback"), (address.is_link_local, "a link-local"),
-        (address.is_multicast, "a multicast"), (address.is_unspecified, "an unspecified"),
-        (address.is_private, "a private"), (not address.is_global, "a non-public"),
-    ):
-        if test:
+    if address in _NAT64:  # an IPv4 address reached through NAT64 is judged as itself
+        address = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    for kind, network in _REFUSED:
+        if address in network:
             return f"{kind} address"
     return None
 

@@ -1,0 +1,211 @@
+"""The egress allow-list in real sandboxes, on every backend: a proxy in the sandbox that reaches
+the allowed upstreams (servers on the host's loopback, named literally) and nothing else, the
+proxy variables everywhere code runs, what a denial looks like, and a real pip install."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .conftest import Tools, require_backend, unavailable
+from .egress_servers import echo_server, http_server
+
+pytestmark = pytest.mark.anyio
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY")
+
+# A client in the sandbox. NO_PROXY names 127.0.0.1, so to reach the host's loopback servers
+# through the proxy it uses the proxy explicitly (as HTTP_PROXY names it), or no proxy (direct).
+CLIENT = r"""
+import http.client, os, sys, urllib.parse
+mode, port = sys.argv[1], int(sys.argv[2])
+proxy = urllib.parse.urlsplit(os.environ["HTTP_PROXY"])
+try:
+    if mode == "direct":
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/direct")
+    else:
+        conn = http.client.HTTPConnection(proxy.hostname, proxy.port, timeout=10)
+        if mode == "connect":
+            conn.set_tunnel("127.0.0.1", port)
+            conn.request("GET", "/tunnel")
+        else:
+            conn.request("GET", "http://127.0.0.1:%d/plain" % port)
+    r = conn.getresponse()
+    print(r.status, r.reason)
+    print(r.getheader("X-Mcp-Sandbox-Denied"))
+    print(r.read().decode())
+except OSError as exc:
+    print("error:", exc)
+"""
+
+
+@pytest.fixture
+def upstreams() -> Iterator[tuple[int, int]]:
+    """Two HTTP servers on the host's loopback: one to allow, one to leave out."""
+    with http_server() as allowed, http_server() as other:
+        yield allowed, other
+
+
+async def client(mcp: Tools, mode: str, port: int) -> list[str]:
+    r = await mcp.sh(f"python3 client.py {mode} {port}")
+    return r["stdout"].splitlines()
+
+
+async def test_the_proxy_reaches_allowed_hosts_only(mcp_with: Any, backend: str, upstreams: tuple[int, int]) -> None:
+    allowed, other = upstreams
+    async with mcp_with(allow_hosts=[f"127.0.0.1:{allowed}"]) as mcp:
+        await mcp("write_file", path="client.py", content=CLIENT)
+        assert (await client(mcp, "plain", allowed))[:3] == [
+            "200 OK", "None", f"GET /plain host=127.0.0.1:{allowed} body="
+        ]
+        assert (await client(mcp, "connect", allowed))[2] == f"GET /tunnel host=127.0.0.1:{allowed} body="
+
+        why = f"127.0.0.1:{other} is not in this sandbox's egress allow-list"
+        status, header, body = (await client(mcp, "plain", other))[:3]
+        assert status == f"403 Forbidden: {why}" and header.startswith(why)
+        assert body == f"mcp-sandbox egress proxy: {why}; allowed: 127.0.0.1:{allowed}; " \
+            "the user can allow more with --allow-host"
+        # A refused tunnel: the client shows the status line, which carries the reason.
+        assert (await client(mcp, "connect", other)) == [f"error: Tunnel connection failed: 403 Forbidden: {why}"]
+
+        direct = await client(mcp, "direct", allowed)
+        if backend == "none":  # nothing is isolated: the host's loopback is the sandbox's
+            assert direct[0] == "200 OK"
+        else:  # no network but through the proxy: its loopback is its own
+            assert direct[0].startswith("error:") and "refused" in direct[0].lower()
+
+        network = (await mcp("sandbox_info"))["network"]
+        assert network["mode"] == "proxy" and network["allow_hosts"] == [f"127.0.0.1:{allowed}"]
+        assert [(b["host"], b["port"]) for b in network["blocked"]] == [("127.0.0.1", other)] * 2
+        assert network["blocked"][0]["at"] >= network["blocked"][1]["at"]
+
+
+async def test_proxy_variables_in_sessions_processes_and_contexts(mcp_with: Any, backend: str) -> None:
+    with echo_server() as echo:
+        async with mcp_with(allow_hosts=[f"127.0.0.1:{echo}"]) as mcp:
+            shown = "; ".join(f"echo {name}=${name}" for name in PROXY_VARIABLES)
+            lines = (await mcp.sh(shown))["stdout"].splitlines()
+            url = lines[0].split("=", 1)[1]
+            assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
+            if backend != "none":
+                assert url == "http://127.0.0.1:3128"
+            expected = [f"{name}={url}" for name in PROXY_VARIABLES[:4]] + ["NO_PROXY=localhost,127.0.0.1"]
+            assert lines == expected
+            await mcp("create_session", session_id="other")
+            assert (await mcp.sh(shown, session_id="other"))["stdout"].splitlines() == expected
+            started = await mcp("start_process", command=shown)
+            logs = await mcp("get_process_logs", process_id=started["process_id"], wait_for_exit=True, timeout=30)
+            assert logs["stdout"].splitlines() == expected
+            code = "import os\nprint(' '.join(os.environ[n] for n in %r))" % (PROXY_VARIABLES,)
+            assert (await mcp("run_code", code=code))["stdout"].split() == [url] * 4 + ["localhost,127.0.0.1"]
+            js = "console.log(%s.map(n => process.env[n]).join(' '))" % (list(PROXY_VARIABLES),)
+            assert (await mcp("run_code", code=js, language="javascript"))["stdout"].split() == [url] * 4 + [
+                "localhost,127.0.0.1"
+            ]
+
+
+@pytest.mark.parametrize("backend", ["bwrap"])  # the manager's logic: one backend is enough
+async def test_allow_hosts_narrows_the_servers_list(mcp_with: Any, backend: str, upstreams: tuple[int, int]) -> None:
+    require_backend(backend)
+    allowed, other = upstreams
+    async with mcp_with(allow_hosts=["127.0.0.1"], warm_sandboxes=1) as mcp:
+        wider = await mcp.error("create_sandbox", allow_hosts=["127.0.0.2"])
+        assert "INVALID_ARGUMENT" in wider and "not within the server's allow-list (127.0.0.1)" in wider
+        assert "INVALID_ARGUMENT" in await mcp.error("create_sandbox", allow_hosts=["not a host"])
+        narrow = (await mcp("create_sandbox", allow_hosts=[f"127.0.0.1:{allowed}"]))["sandbox_id"]
+        await mcp("write_file", path="client.py", content=CLIENT, sandbox_id=narrow)
+        assert (await client_in(mcp, narrow, "plain", allowed))[0] == "200 OK"
+        assert (await client_in(mcp, narrow, "plain", other))[0].startswith("403 ")
+        info = (await mcp("sandbox_info", sandbox_id=narrow))["network"]
+        assert info["allow_hosts"] == [f"127.0.0.1:{allowed}"] and len(info["blocked"]) == 1
+        # The server's whole list where a sandbox does not narrow it.
+        whole = (await mcp("create_sandbox"))["sandbox_id"]
+        await mcp("write_file", path="client.py", content=CLIENT, sandbox_id=whole)
+        assert (await client_in(mcp, whole, "plain", other))[0] == "200 OK"
+        assert (await mcp("sandbox_info", sandbox_id=whole))["network"]["allow_hosts"] == ["127.0.0.1"]
+    async with mcp_with() as mcp:  # no allow-list: nothing to narrow, and no proxy
+        assert "no egress allow-list" in await mcp.error("create_sandbox", allow_hosts=["127.0.0.1"])
+        assert (await mcp("sandbox_info"))["network"] == {"mode": "none", "allow_hosts": [], "blocked": []}
+        assert (await mcp.sh("echo ${HTTP_PROXY:-unset}"))["stdout"] == "unset\n"
+
+
+async def client_in(mcp: Tools, sandbox_id: str, mode: str, port: int) -> list[str]:
+    return (await mcp.sh(f"python3 client.py {mode} {port}", sandbox_id=sandbox_id))["stdout"].splitlines()
+
+
+# -- a real pip install through the allow-list -----------------------------------------------------
+
+
+def pip_settings() -> tuple[str, str | None]:
+    """The index URL and CA bundle this machine's pip is configured with (PIP_INDEX_URL, pip's
+    configuration, else pip's default index): the test allows that index, and no host is
+    written here."""
+    listed = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60
+    ).stdout
+    config = {}
+    for line in listed.splitlines():
+        key, _, value = line.partition("=")
+        config[key.rsplit(".", 1)[-1]] = value.strip().strip("'\"")
+    index = os.environ.get("PIP_INDEX_URL") or config.get("index-url")
+    if not index:
+        from pip._internal.models.index import PyPI
+
+        index = PyPI.simple_url
+    return index.rstrip("/"), os.environ.get("PIP_CERT") or config.get("cert")
+
+
+def hosts_of(index: str, package: str, cert: str | None) -> list[str]:
+    """Patterns for the index and the hosts its page for ``package`` links the files on."""
+    context = None
+    if cert:
+        import ssl
+
+        context = ssl.create_default_context(cafile=cert)
+    try:
+        with urllib.request.urlopen(f"{index}/{package}/", timeout=30, context=context) as page:
+            links = re.findall(r'href="([^"]+)"', page.read().decode())
+    except OSError as exc:
+        unavailable(f"the package index {index} cannot be reached from this machine: {exc}")
+    patterns = set()
+    for url in [index] + [urllib.parse.urljoin(f"{index}/{package}/", link) for link in links]:
+        parts = urllib.parse.urlsplit(url)
+        patterns.add(f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}")
+    return sorted(patterns)
+
+
+@pytest.mark.parametrize("backend", ["bwrap"])
+async def test_pip_install_through_the_allow_list(mcp_with: Any, backend: str) -> None:
+    require_backend(backend)
+    index, cert = pip_settings()
+    if not index.startswith(("http://", "https://")):
+        unavailable(f"pip's index {index} is not on the network")
+    package = "six"  # one small pure-Python module, no dependencies
+    async with mcp_with(allow_hosts=hosts_of(index, package, cert), command_timeout=300) as mcp:
+        # Only the index: pip's configuration files here may point at local wheels.
+        r = await mcp.sh(
+            f"PIP_CONFIG_FILE=/dev/null python3 -m pip install --no-cache-dir --disable-pip-version-check "
+            f"--index-url {index}/ {f'--cert {cert} ' if cert else ''}--target pkgs {package} 2>&1 "
+            f"&& PYTHONPATH=pkgs python3 -c 'import six; print(six.__name__, \"ok\")'",
+            timeout=300,
+        )
+        assert r["exit_code"] == 0, r["stdout"]
+        assert r["stdout"].endswith("six ok\n")
+        # Without the index in the list, the same install is refused at the proxy.
+        narrowed = (await mcp("create_sandbox", allow_hosts=[]))["sandbox_id"]
+        r = await mcp.sh(
+            f"PIP_CONFIG_FILE=/dev/null python3 -m pip install --no-cache-dir --retries 1 --index-url {index}/ "
+            f"--target pkgs {package} 2>&1", sandbox_id=narrowed, timeout=120,
+        )
+        assert r["exit_code"] != 0 and "403 Forbidden" in r["stdout"], r["stdout"]
+        blocked = (await mcp("sandbox_info", sandbox_id=narrowed))["network"]["blocked"]
+        assert blocked and blocked[0]["host"] == urllib.parse.urlsplit(index).hostname
