@@ -34,15 +34,16 @@ try:
         conn.request("GET", "/direct")
     else:
         conn = http.client.HTTPConnection(proxy.hostname, proxy.port, timeout=10)
-        if mode == "connect":
+        if mode.startswith("connect"):
             conn.set_tunnel("127.0.0.1", port)
-            conn.request("GET", "/tunnel")
+            conn.request("GET", "/big/5000000" if mode == "connect-big" else "/tunnel")
         else:
             conn.request("GET", "http://127.0.0.1:%d/plain" % port)
     r = conn.getresponse()
     print(r.status, r.reason)
     print(r.getheader("X-Mcp-Sandbox-Denied"))
-    print(r.read().decode())
+    body = r.read()
+    print(len(body) if mode == "connect-big" else body.decode())
 except OSError as exc:
     print("error:", exc)
 """
@@ -68,6 +69,7 @@ async def test_the_proxy_reaches_allowed_hosts_only(mcp_with: Any, backend: str,
             "200 OK", "None", f"GET /plain host=127.0.0.1:{allowed} body="
         ]
         assert (await client(mcp, "connect", allowed))[2] == f"GET /tunnel host=127.0.0.1:{allowed} body="
+        assert (await client(mcp, "connect-big", allowed))[2] == "5000000"
 
         why = f"127.0.0.1:{other} is not in this sandbox's egress allow-list"
         status, header, body = (await client(mcp, "plain", other))[:3]
@@ -117,7 +119,7 @@ async def test_proxy_variables_in_sessions_processes_and_contexts(mcp_with: Any,
 async def test_allow_hosts_narrows_the_servers_list(mcp_with: Any, backend: str, upstreams: tuple[int, int]) -> None:
     require_backend(backend)
     allowed, other = upstreams
-    async with mcp_with(allow_hosts=["127.0.0.1"], warm_sandboxes=1) as mcp:
+    async with mcp_with(allow_hosts=["127.0.0.1"], warm_sandboxes=1, network=True) as mcp:
         wider = await mcp.error("create_sandbox", allow_hosts=["127.0.0.2"])
         assert "INVALID_ARGUMENT" in wider and "not within the server's allow-list (127.0.0.1)" in wider
         assert "INVALID_ARGUMENT" in await mcp.error("create_sandbox", allow_hosts=["not a host"])
@@ -132,6 +134,11 @@ async def test_allow_hosts_narrows_the_servers_list(mcp_with: Any, backend: str,
         await mcp("write_file", path="client.py", content=CLIENT, sandbox_id=whole)
         assert (await client_in(mcp, whole, "plain", other))[0] == "200 OK"
         assert (await mcp("sandbox_info", sandbox_id=whole))["network"]["allow_hosts"] == ["127.0.0.1"]
+        # Full network is no proxy, and allow_hosts does not go with it.
+        assert "pass one of them" in await mcp.error("create_sandbox", network=True, allow_hosts=["127.0.0.1"])
+        full = (await mcp("create_sandbox", network=True))["sandbox_id"]
+        assert (await mcp("sandbox_info", sandbox_id=full))["network"]["mode"] == "full"
+        assert (await mcp.sh("echo ${HTTP_PROXY:-unset}", sandbox_id=full))["stdout"] == "unset\n"
     async with mcp_with() as mcp:  # no allow-list: nothing to narrow, and no proxy
         assert "no egress allow-list" in await mcp.error("create_sandbox", allow_hosts=["127.0.0.1"])
         assert (await mcp("sandbox_info"))["network"] == {"mode": "none", "allow_hosts": [], "blocked": []}
