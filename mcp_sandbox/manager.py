@@ -65,7 +65,7 @@ class SandboxManager:
         self._spares: list[Sandbox] = []
         self._spares_starting = 0
         self._stopping = False
-        self.egress = EgressProxies(self.settings.allow_hosts)
+        self.egress = EgressProxies(self.settings.allow_hosts, self.settings.inject_headers)
 
     @property
     def backend(self) -> Backend:

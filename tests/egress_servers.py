@@ -1,9 +1,10 @@
-"""Upstream servers on the host's loopback for the egress tests: an HTTP server that answers what
-it was asked, and a TCP echo server."""
+"""Upstream servers on the host's loopback for the egress tests: an HTTP(S) server that answers
+what it was asked, and a TCP echo server."""
 
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,8 @@ class Answer(BaseHTTPRequestHandler):
             data = b"x" * int(self.path[5:])
         else:
             data = f"{self.command} {self.path} host={self.headers['Host']} body={body.decode()}".encode()
+            if "Authorization" in self.headers:
+                data += f" auth={self.headers['Authorization']}".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -42,9 +45,11 @@ class Answer(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def http_server() -> Iterator[int]:
-    """An HTTP server on 127.0.0.1; its port."""
+def http_server(tls: ssl.SSLContext | None = None) -> Iterator[int]:
+    """An HTTP server on 127.0.0.1 (HTTPS with a TLS context); its port."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

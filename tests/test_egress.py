@@ -11,9 +11,12 @@ import sys
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from mcp_sandbox.egress.broker import Authority
 
 from .conftest import Tools, require_backend, unavailable
 from .egress_servers import echo_server, http_server
@@ -216,3 +219,36 @@ async def test_pip_install_through_the_allow_list(mcp_with: Any, backend: str) -
         assert r["exit_code"] != 0 and "403 Forbidden" in r["stdout"], r["stdout"]
         blocked = (await mcp("sandbox_info", sandbox_id=narrowed))["network"]["blocked"]
         assert blocked and blocked[0]["host"] == urllib.parse.urlsplit(index).hostname
+
+
+# -- credential brokering ---------------------------------------------------------------------------
+
+BROKER_CLIENT = r"""
+import http.client, os, ssl, sys, urllib.parse
+proxy = urllib.parse.urlsplit(os.environ["HTTPS_PROXY"])
+conn = http.client.HTTPSConnection(proxy.hostname, proxy.port, timeout=10, context=ssl.create_default_context())
+conn.set_tunnel("127.0.0.1", int(sys.argv[1]))
+conn.request("GET", "/api", headers={"Authorization": "from the sandbox"})
+print(conn.getresponse().read().decode())
+"""
+
+
+async def test_injected_header_reaches_the_api_not_the_sandbox(
+    mcp_with: Any, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upstream_ca = Authority()  # the API's certificate; the server trusts it as it would a public CA
+    (tmp_path / "upstream-ca.pem").write_bytes(upstream_ca.pem)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "upstream-ca.pem"))
+    monkeypatch.setenv("E15_API_TOKEN", "Bearer s3cret")
+    with http_server(upstream_ca.context_for("127.0.0.1")) as api:
+        settings = {"allow_hosts": [f"127.0.0.1:{api}"], "inject_headers": [f"127.0.0.1:{api}:Authorization=env:E15_API_TOKEN"]}
+        async with mcp_with(**settings) as mcp:
+            variables = (await mcp.sh("env | grep -E '^(SSL_CERT_FILE|NODE_EXTRA_CA_CERTS)=' | sort"))["stdout"]
+            if backend == "none":  # no broker without isolation: code there could read the server's memory
+                assert variables == ""
+                return
+            assert variables == "NODE_EXTRA_CA_CERTS=/tmp/.mcp-sandbox/egress-ca.pem\nSSL_CERT_FILE=/tmp/.mcp-sandbox/egress-ca.pem\n"
+            await mcp("write_file", path="client.py", content=BROKER_CLIENT)
+            r = await mcp.sh(f"python3 client.py {api}")
+            assert r["stdout"] == f"GET /api host=127.0.0.1:{api} body= auth=Bearer s3cret\n", r
+            assert (await mcp.sh("env | grep -c s3cret; grep -c s3cret /tmp/.mcp-sandbox/egress-ca.pem"))["stdout"] == "0\n0\n"

@@ -1,19 +1,26 @@
 """The egress proxy's logic on its own: the allow-list patterns, HTTP heads, and the proxy serving
-real loopback TCP connections (the same ByteStream a sandbox's stream is) to real upstream servers."""
+real loopback TCP connections (the same ByteStream a sandbox's stream is) to real upstream servers,
+with credential brokering (--inject-header) too."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import pytest
 from anyio.streams.buffered import BufferedByteStream
+from anyio.streams.tls import TLSStream
+from pydantic import ValidationError
 
 from mcp_sandbox.cli import load_settings
+from mcp_sandbox.egress.broker import Authority, Broker, parse_injection
 from mcp_sandbox.egress.messages import BadMessage, parse_head, request_framing, request_target
 from mcp_sandbox.egress.proxy import Egress
 from mcp_sandbox.egress.rules import AllowList, parse_address, parse_pattern, refusal
+from mcp_sandbox.settings import Settings
 
 from .egress_servers import echo_server, http_server
 
@@ -228,3 +235,57 @@ def test_allow_host_option_and_variable(monkeypatch: pytest.MonkeyPatch, capsys:
     with pytest.raises(SystemExit):
         load_settings(["--allow-host", "a.org:http"])
     assert "--allow-host" in capsys.readouterr().err
+
+
+# -- credential brokering -------------------------------------------------------------------------
+
+
+def test_injections_parse_and_never_show_their_value() -> None:
+    environ = {"TOKEN": "Bearer s3cret"}
+    injection = parse_injection("*.api.example:443:Authorization=env:TOKEN", environ)
+    assert (injection.pattern.text, injection.header, injection.value) == ("*.api.example:443", "Authorization", "Bearer s3cret")
+    assert parse_injection("api.example:X-Key=k3y", environ).value == "k3y"
+    for text in ["api.example=k3y", "api.example:Bad Header=k3y", "api.example:X-Key=env:MISSING", "api.example:X-Key="]:
+        with pytest.raises(ValueError) as caught:
+            parse_injection(text, environ)
+        assert "k3y" not in str(caught.value)
+    with pytest.raises(ValidationError, match="--inject-header needs --allow-host"):
+        Settings(inject_headers=["api.example:X-Key=k3y"])
+
+
+@pytest.fixture
+def upstream_ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Authority:
+    """A CA for the test's HTTPS upstreams, which the server process trusts (SSL_CERT_FILE, read
+    by OpenSSL when a default context is made)."""
+    ca = Authority()
+    (tmp_path / "upstream-ca.pem").write_bytes(ca.pem)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "upstream-ca.pem"))
+    return ca
+
+
+async def tunnel(proxy_port: int, port: int, trusted: bytes) -> TLSStream:
+    """A CONNECT tunnel to 127.0.0.1:port, with TLS inside trusting only ``trusted``."""
+    stream = await connect(proxy_port)
+    await stream.send(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n".encode())
+    assert (await response(stream))[0] == "HTTP/1.1 200 Connection established"
+    context = ssl.create_default_context(cadata=trusted.decode())
+    # Python's HTTPS server closes without close_notify: not required here.
+    return await TLSStream.wrap(stream, hostname="127.0.0.1", ssl_context=context, standard_compatible=False)
+
+
+@pytest.mark.anyio
+async def test_injected_headers_reach_matching_hosts_only(upstream_ca: Authority) -> None:
+    with http_server(upstream_ca.context_for("127.0.0.1")) as brokered, \
+            http_server(upstream_ca.context_for("127.0.0.1")) as plain:
+        broker = Broker([parse_injection(f"127.0.0.1:{brokered}:Authorization=Bearer s3cret")])
+        egress = Egress(AllowList.parse(["127.0.0.1"]), broker=broker)
+        async with proxy(egress) as port:
+            # The sandbox's client trusts the server's CA, and its own Authorization is replaced.
+            async with BufferedByteStream(await tunnel(port, brokered, broker.authority.pem)) as secure:
+                for path in ("/one", "/two"):
+                    await secure.send(f"GET {path} HTTP/1.1\r\nHost: h\r\nAuthorization: mine\r\n\r\n".encode())
+                    assert (await response(secure))[2] == f"GET {path} host=h body= auth=Bearer s3cret".encode()
+            # Another port: an end-to-end tunnel, with the upstream's own certificate.
+            async with BufferedByteStream(await tunnel(port, plain, upstream_ca.pem)) as secure:
+                await secure.send(b"GET /p HTTP/1.1\r\nHost: h\r\nAuthorization: mine\r\n\r\n")
+                assert (await response(secure))[2] == b"GET /p host=h body= auth=mine"

@@ -19,7 +19,9 @@ from typing import Any
 import anyio
 from anyio.abc import ByteStream
 from anyio.streams.buffered import BufferedByteStream
+from anyio.streams.tls import TLSStream
 
+from .broker import Broker, Injection
 from .messages import (
     CHUNK, IDLE_TIMEOUT, BadMessage, Framing, Head, Target, copy_body, forwarded, keeps_alive, read_head,
     request_framing, request_target, response_framing, within,
@@ -44,6 +46,7 @@ _CLOSED = (
     anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError,
     TimeoutError, OSError, BadMessage,
 )
+ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 _PHRASES = {400: "Bad Request", 403: "Forbidden", 431: "Request Header Fields Too Large", 502: "Bad Gateway",
             503: "Service Unavailable"}
 
@@ -71,11 +74,12 @@ class Egress:
     """The allow-list of one sandbox, its proxy port, and the denials it made."""
 
     def __init__(
-        self, allow: AllowList, port: int = PROXY_PORT, *, max_connections: int = MAX_CONNECTIONS,
-        head_timeout: float = FIRST_HEAD_TIMEOUT,
+        self, allow: AllowList, port: int = PROXY_PORT, *, broker: Broker | None = None,
+        max_connections: int = MAX_CONNECTIONS, head_timeout: float = FIRST_HEAD_TIMEOUT,
     ) -> None:
         self.allow = allow
         self.port = port
+        self.broker = broker
         self.max_connections = max_connections
         self.head_timeout = head_timeout
         self.blocked: deque[dict[str, Any]] = deque(maxlen=BLOCKED_KEPT)  # most recent first
@@ -121,7 +125,11 @@ class Egress:
                 return
             async with upstream:
                 if head.first == "CONNECT":
-                    await within(client.send(b"HTTP/1.1 200 Connection established\r\n\r\n"))
+                    injected = self.broker.for_target(target.host, target.port) if self.broker else []
+                    if self.broker is not None and injected:
+                        await broker_tunnel(self.broker, client, upstream, target, injected)
+                        return
+                    await within(client.send(ESTABLISHED))
                     await splice(client, upstream)
                     return
                 if not await exchange(client, upstream, head, target, framing):
@@ -233,6 +241,55 @@ async def relay_response(client: ByteStream, upstream: BufferedByteStream, head:
         if not answered:
             await answer(client, 502, f"{target.host}:{target.port} sent no valid response ({exc or 'it closed'})")
         return None
+
+
+async def broker_tunnel(
+    broker: Broker, client: BufferedByteStream, upstream: BufferedByteStream, target: Target, injected: list[Injection]
+) -> None:
+    """A CONNECT tunnel to a host that gets headers injected: TLS from the sandbox ends here (with
+    a certificate from the server's CA), each request inside gets the headers, and goes on over
+    the proxy's own verified TLS connection upstream."""
+    try:
+        with anyio.fail_after(IDLE_TIMEOUT):
+            secure_upstream = await TLSStream.wrap(upstream, hostname=target.host, ssl_context=broker.upstream)
+    except _CLOSED as exc:
+        await answer(client, 502, f"TLS with {target.host}:{target.port} failed: {exc}")
+        return
+    await within(client.send(ESTABLISHED))
+    with anyio.fail_after(IDLE_TIMEOUT):
+        secure_client = await TLSStream.wrap(
+            client, server_side=True, ssl_context=broker.authority.context_for(target.host)
+        )
+    inner, outer = BufferedByteStream(secure_client), BufferedByteStream(secure_upstream)
+    try:
+        await broker_requests(inner, outer, target, injected)
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2), suppress(*_CLOSED):
+            await inner.aclose()  # TLS ends with close_notify both ways
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2), suppress(*_CLOSED):
+            await outer.aclose()
+
+
+async def broker_requests(
+    inner: BufferedByteStream, outer: BufferedByteStream, target: Target, injected: list[Injection]
+) -> None:
+    """The requests in a brokered tunnel, each with the injected headers (replacing any of the
+    same name the sandbox sent)."""
+    names = {i.header.lower() for i in injected}
+    while True:
+        try:
+            head = await read_head(inner, request=True, timeout=IDLE_TIMEOUT)
+            if not head.second.startswith("/"):
+                raise BadMessage(400, "a request inside a tunnel names a path, not a URL")
+            framing = request_framing(head)
+        except BadMessage as exc:
+            await answer(inner, exc.status, exc.reason)
+            return
+        except anyio.EndOfStream:
+            return
+        head.headers = [h for h in head.headers if h[0].lower() not in names] + [(i.header, i.value) for i in injected]
+        if not await exchange(inner, outer, head, Target(target.host, target.port, head.second), framing):
+            return
 
 
 async def splice(a: ByteStream, b: ByteStream, idle: float = TUNNEL_IDLE) -> None:

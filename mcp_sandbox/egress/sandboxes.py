@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import SandboxError
 from ..sandbox import Sandbox
+from .broker import CA_BUNDLE, Broker, parse_injection
 from .proxy import PROXY_PORT, Egress, proxy_env
 from .rules import AllowList
 
@@ -24,9 +25,10 @@ def free_port() -> int:
 
 
 class EgressProxies:
-    def __init__(self, patterns: Sequence[str]) -> None:
+    def __init__(self, patterns: Sequence[str], injections: Sequence[str] = ()) -> None:
         # None: no --allow-host, so sandboxes without full network have none at all.
         self.server = AllowList.parse(patterns) if patterns else None
+        self.broker = Broker([parse_injection(text) for text in injections]) if injections else None
         self._proxies: dict[str, Egress] = {}
 
     def allow_list(self, allow_hosts: Sequence[str] | None, network: bool) -> AllowList | None:
@@ -56,9 +58,14 @@ class EgressProxies:
         the proxy listens on the host, on a port free there."""
         if self.server is None or network:
             return {}
-        egress = Egress(allow if allow is not None else self.server, free_port() if unisolated else PROXY_PORT)
+        # Never a broker without isolation: code there runs as the server's user, and could read
+        # the values from the server's memory.
+        broker = None if unisolated else self.broker
+        egress = Egress(
+            allow if allow is not None else self.server, free_port() if unisolated else PROXY_PORT, broker=broker
+        )
         self._proxies[sandbox_id] = egress
-        return proxy_env(egress.port)
+        return {**proxy_env(egress.port), **(broker.env() if broker else {})}
 
     async def start(self, sandbox: Sandbox) -> None:
         """Start the planned proxy in a sandbox whose agent is running."""
@@ -67,6 +74,8 @@ class EgressProxies:
             return
         sandbox.on_stream(STREAM_KIND, egress.handle)
         try:
+            if egress.broker is not None:
+                await sandbox.write_file(CA_BUNDLE, egress.broker.authority.bundle())
             await sandbox.listen(STREAM_KIND, egress.port)
         except SandboxError as exc:
             raise SandboxError(
