@@ -33,6 +33,9 @@ CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_E
                 "PIP_CERT")
 
 
+CONTEXTS_KEPT = 256
+
+
 @dataclass(frozen=True)
 class Injection:
     pattern: HostPattern
@@ -81,9 +84,11 @@ class Authority:
 
     def context_for(self, host: str) -> ssl.SSLContext:
         """A TLS server context with a certificate for ``host`` (a name or an address)."""
-        if host not in self._contexts:
-            self._contexts[host] = self._make_context(host)
-        return self._contexts[host]
+        context = self._contexts.pop(host, None) or self._make_context(host)
+        self._contexts[host] = context  # the most recently used last
+        if len(self._contexts) > CONTEXTS_KEPT:  # a wildcard pattern matches names without end
+            del self._contexts[next(iter(self._contexts))]
+        return context
 
     def _make_context(self, host: str) -> ssl.SSLContext:
         key = ec.generate_private_key(ec.SECP256R1())
