@@ -201,6 +201,8 @@ async def test_pip_install_through_the_allow_list(mcp_with: Any, backend: str) -
         unavailable(f"pip's index {index} is not on the network")
     package = "six"  # one small pure-Python module, no dependencies
     async with mcp_with(allow_hosts=hosts_of(index, package, cert), command_timeout=300) as mcp:
+        if (await mcp.sh("python3 -m pip --version"))["exit_code"] != 0:
+            unavailable("the sandbox's python3 has no pip (Debian: python3-pip)")
         # Only the index: pip's configuration files here may point at local wheels.
         r = await mcp.sh(
             f"PIP_CONFIG_FILE=/dev/null python3 -m pip install --no-cache-dir --disable-pip-version-check "
