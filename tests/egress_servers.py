@@ -8,6 +8,7 @@ import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -60,15 +61,31 @@ def http_server(tls: ssl.SSLContext | None = None) -> Iterator[int]:
         server.server_close()
 
 
+@dataclass
+class Echo:
+    port: int
+    open: int = 0  # connections now open
+
+
 @contextmanager
-def echo_server() -> Iterator[int]:
-    """A TCP server on 127.0.0.1 that sends back what it receives; its port."""
+def echo_server() -> Iterator[Echo]:
+    """A TCP server on 127.0.0.1 that sends back what it receives."""
     listener = socket.create_server(("127.0.0.1", 0))
+    server = Echo(listener.getsockname()[1])
+    lock = threading.Lock()
 
     def echo(conn: socket.socket) -> None:
-        with conn:
-            while data := conn.recv(65536):
-                conn.sendall(data)
+        with lock:
+            server.open += 1
+        try:
+            with conn:
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with lock:
+                server.open -= 1
 
     def accept() -> None:
         while True:
@@ -80,7 +97,7 @@ def echo_server() -> Iterator[int]:
 
     threading.Thread(target=accept, daemon=True).start()
     try:
-        yield listener.getsockname()[1]
+        yield server
     finally:
         try:
             listener.shutdown(socket.SHUT_RDWR)  # wakes the accept

@@ -20,6 +20,7 @@ from mcp_sandbox.egress.broker import Authority
 
 from .conftest import Tools, require_backend, unavailable
 from .egress_servers import echo_server, http_server
+from .helpers import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -96,7 +97,7 @@ async def test_the_proxy_reaches_allowed_hosts_only(mcp_with: Any, backend: str,
 
 async def test_proxy_variables_in_sessions_processes_and_contexts(mcp_with: Any, backend: str) -> None:
     with echo_server() as echo:
-        async with mcp_with(allow_hosts=[f"127.0.0.1:{echo}"]) as mcp:
+        async with mcp_with(allow_hosts=[f"127.0.0.1:{echo.port}"]) as mcp:
             shown = "; ".join(f"echo {name}=${name}" for name in PROXY_VARIABLES)
             lines = (await mcp.sh(shown))["stdout"].splitlines()
             url = lines[0].split("=", 1)[1]
@@ -150,6 +151,35 @@ async def test_allow_hosts_narrows_the_servers_list(mcp_with: Any, backend: str,
 
 async def client_in(mcp: Tools, sandbox_id: str, mode: str, port: int) -> list[str]:
     return (await mcp.sh(f"python3 client.py {mode} {port}", sandbox_id=sandbox_id))["stdout"].splitlines()
+
+
+HOLD_TUNNEL = r"""
+import os, socket, sys, time, urllib.parse
+proxy = urllib.parse.urlsplit(os.environ["HTTP_PROXY"])
+conn = socket.create_connection((proxy.hostname, proxy.port))
+conn.sendall(b"CONNECT 127.0.0.1:%s HTTP/1.1\r\n\r\n" % sys.argv[1].encode())
+conn.recv(1000)
+conn.sendall(b"ping")
+print("tunnel up:", conn.recv(4).decode(), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("backend", ["bwrap"])  # the stream ends with the sandbox on every backend
+async def test_destroy_closes_the_sandboxs_upstream_connections(mcp_with: Any, backend: str) -> None:
+    require_backend(backend)
+    with echo_server() as echo:
+        async with mcp_with(allow_hosts=[f"127.0.0.1:{echo.port}"]) as mcp:
+            sandbox_id = (await mcp("create_sandbox"))["sandbox_id"]
+            await mcp("write_file", path="hold.py", content=HOLD_TUNNEL, sandbox_id=sandbox_id)
+            started = await mcp("start_process", command=f"python3 hold.py {echo.port}", sandbox_id=sandbox_id)
+            logs = await mcp(
+                "get_process_logs", process_id=started["process_id"], wait_for="tunnel up", timeout=30,
+                sandbox_id=sandbox_id,
+            )
+            assert logs["matched"] == "tunnel up: ping" and echo.open == 1
+            await mcp("destroy", sandbox_id=sandbox_id)
+            assert await eventually(lambda: echo.open == 0)
 
 
 # -- a real pip install through the allow-list -----------------------------------------------------

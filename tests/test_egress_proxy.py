@@ -171,7 +171,8 @@ async def test_chunked_bodies_and_expect_continue(upstream: int) -> None:
 
 @pytest.mark.anyio
 async def test_connect_tunnels_to_an_allowed_port_only() -> None:
-    with echo_server() as echo:
+    with echo_server() as server:
+        echo = server.port
         egress = Egress(AllowList.parse([f"127.0.0.1:{echo}"]))
         async with proxy(egress) as port:
             async with await connect(port) as client:
