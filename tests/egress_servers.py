@@ -13,11 +13,23 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Answer(BaseHTTPRequestHandler):
-    """Answers ``METHOD PATH host=HOST body=BODY``; /big/N answers N bytes."""
+    """Answers ``METHOD PATH host=HOST body=BODY``; /big/N answers N bytes; a request to upgrade
+    gets 101 and an echo of what follows."""
 
     protocol_version = "HTTP/1.1"
 
     def _answer(self) -> None:
+        if self.headers.get("Upgrade"):  # switch to echoing bytes, as a websocket would carry them
+            self.send_response(101)
+            self.send_header("Upgrade", self.headers["Upgrade"])
+            self.send_header("Connection", "Upgrade")
+            self.end_headers()
+            self.wfile.flush()
+            while data := self.rfile.read1(65536):
+                self.wfile.write(data)
+                self.wfile.flush()
+            self.close_connection = True
+            return
         length = int(self.headers.get("Content-Length") or 0)
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             body = b""

@@ -170,6 +170,20 @@ async def test_chunked_bodies_and_expect_continue(upstream: int) -> None:
 
 
 @pytest.mark.anyio
+async def test_an_upgraded_connection_carries_bytes_both_ways(upstream: int) -> None:
+    egress = Egress(AllowList.parse([f"127.0.0.1:{upstream}"]))
+    async with proxy(egress) as port, await connect(port) as client:
+        await client.send(
+            f"GET http://127.0.0.1:{upstream}/ws HTTP/1.1\r\nHost: h\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"
+            .encode()
+        )
+        assert (await response(client))[0] == "HTTP/1.1 101 Switching Protocols"
+        await client.send(b"frame")
+        with anyio.fail_after(10):
+            assert await client.receive_exactly(5) == b"frame"
+
+
+@pytest.mark.anyio
 async def test_connect_tunnels_to_an_allowed_port_only() -> None:
     with echo_server() as server:
         echo = server.port
