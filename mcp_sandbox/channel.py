@@ -1,4 +1,4 @@
-"""The host's end of the agent channel: JSON lines over one byte stream each way.
+"""The host's end of the agent channel: frames (agent/protocol.py) over one byte stream each way.
 
 Requests carry an id; the agent answers each once and may send notifications tied to it in
 between (output while a command runs). A caller that is cancelled, or waits past its deadline,
@@ -8,19 +8,17 @@ in the sandbox. The agent runs beside code the host does not trust: see AgentCha
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, get_args
 
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
 from anyio.streams.memory import MemoryObjectSendStream
 
-from .agent.api import STREAM_MESSAGES, Stream
-from .agent.protocol import NOTIFICATION_MAX
+from .agent.api import STREAM_CHUNK, STREAM_MESSAGES, Stream
+from .agent.protocol import BLOB, DATA, HEADER, MESSAGE, NOTIFICATION_MAX, decode_blob, encode
 from .errors import ErrorCode, SandboxError
 from .streams import Streams, Violation
 
@@ -34,25 +32,41 @@ NOTIFICATIONS_QUEUED = 16
 CANCEL_TIMEOUT = 5.0
 
 
-class Base64Text(str):
-    """Base64, which needs no escaping in JSON: as a request's ``data`` parameter (file chunks of
-    up to 1.4 MB) it is put into the line as it is, where json.dumps would spend milliseconds
-    scanning it."""
+class _Frames:
+    """Cuts what the agent sends into frames. A header is checked before its payload is taken,
+    so nothing longer than a frame may be is ever held."""
 
+    def __init__(self, max_message: int) -> None:
+        self._max_message = max_message
+        self._header = bytearray()
+        self._payload: bytearray | None = None
+        self._kind = self._stream = self._filled = 0
 
-def encode_request(message: dict[str, Any]) -> bytes:
-    """One JSON line; a Base64Text ``params["data"]`` goes in last, unscanned."""
-    params = message.get("params")
-    payload = params.get("data") if isinstance(params, dict) else None
-    if not isinstance(params, dict) or not isinstance(payload, Base64Text):
-        return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass") + b"\n"
-    rest = {key: value for key, value in params.items() if key != "data"}
-    head = json.dumps(
-        {**{key: value for key, value in message.items() if key != "params"}, "params": rest},
-        ensure_ascii=False, separators=(",", ":"),
-    )  # ends with the params' closing brace and the message's
-    opening = b',"data":"' if rest else b'"data":"'
-    return head[:-2].encode("utf-8", "surrogatepass") + opening + payload.encode("ascii") + b'"}}\n'
+    def feed(self, chunk: bytes) -> Iterator[tuple[int, int, bytearray]]:
+        view = memoryview(chunk)
+        i, end = 0, len(view)
+        while i < end:
+            if self._payload is None:
+                take = min(HEADER.size - len(self._header), end - i)
+                self._header += view[i : i + take]
+                i += take
+                if len(self._header) < HEADER.size:
+                    return
+                kind, stream, length = HEADER.unpack(self._header)
+                limit = STREAM_CHUNK if kind == DATA else self._max_message if kind in (MESSAGE, BLOB) else -1
+                if limit < 0:
+                    raise Violation(f"a frame of an unknown kind {kind}", bytes(self._header))
+                if length > limit:
+                    raise Violation(f"a frame of {length} bytes, more than the {limit} allowed", bytes(self._header))
+                self._header.clear()
+                self._kind, self._stream, self._payload, self._filled = kind, stream, bytearray(length), 0
+            take = min(len(self._payload) - self._filled, end - i)
+            self._payload[self._filled : self._filled + take] = view[i : i + take]
+            self._filled += take
+            i += take
+            if self._filled == len(self._payload):
+                payload, self._payload = self._payload, None
+                yield self._kind, self._stream, payload
 
 
 class _Call:
@@ -98,7 +112,7 @@ class AgentChannel:
                 self.close("the sandbox's agent stopped (the sandbox was destroyed or crashed)")
 
     async def _read(self) -> None:
-        buffer = bytearray()
+        frames = _Frames(self._max_line)
         while True:
             try:
                 chunk = await self._receive.receive(1 << 20)
@@ -107,37 +121,32 @@ class AgentChannel:
             if self._closed_reason is not None:
                 continue
             try:
-                scan = len(buffer)  # what came before has no newline: search only the new part
-                buffer += chunk
-                start = 0
-                while (end := buffer.find(b"\n", scan)) >= 0:
-                    if end - start > self._max_line:
-                        raise Violation(f"a line of {end - start} bytes, more than the {self._max_line} allowed")
-                    self._dispatch(bytes(buffer[start:end]))
-                    start = scan = end + 1
-                del buffer[:start]
-                if len(buffer) > self._max_line:
-                    raise Violation(f"more than {self._max_line} bytes without a line end")
+                for kind, stream, payload in frames.feed(chunk):
+                    if kind == DATA:
+                        self.streams.received_data(stream, bytes(payload))
+                    else:
+                        self._dispatch(kind, payload)
             except Violation as exc:
                 logger.warning(
                     "%s: the agent broke the channel protocol (%s%s); stopping the sandbox",
                     self._name, exc.what, f": {exc.line[:100]!r}" if exc.line else "",
                 )
                 self.close(f"the sandbox's agent broke the channel protocol ({exc.what}), so the sandbox was stopped")
-                buffer = bytearray()
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
 
-    def _dispatch(self, line: bytes) -> None:
+    def _dispatch(self, kind: int, line: bytearray) -> None:
         """Pass one message to the call it belongs to; cheap type checks only (the hot path)."""
         try:
-            message = json.loads(line)
+            message = json.loads(line) if kind == MESSAGE else decode_blob(line)
         except (ValueError, RecursionError):
-            raise Violation("an unreadable line", line) from None
+            raise Violation("an unreadable message", line) from None
         if type(message) is not dict:
-            raise Violation("a line that is not a JSON object", line)
+            raise Violation("a message that is not a JSON object", line)
         request_id = message.get("id")
+        if kind == BLOB and request_id is None:
+            raise Violation("bytes beside a message that is no answer", line[:100])
         if request_id is None and message.get("method") in STREAM_MESSAGES:
             self._stream_message(message, line)
             return
@@ -165,23 +174,13 @@ class AgentChannel:
             call.answer = message
             call.notes.close()
 
-    def _stream_message(self, message: dict[str, Any], line: bytes) -> None:
+    def _stream_message(self, message: dict[str, Any], line: bytearray) -> None:
         params = message.get("params")
         if type(params) is not dict or len(line) > NOTIFICATION_MAX:
             raise Violation("a malformed stream message", line)
-        if message["method"] != Stream.DATA:
-            self.streams.received(message["method"], params)
-            return
-        data = params.get("data")
-        try:
-            if type(data) is not str:
-                raise ValueError
-            decoded = base64.b64decode(data, validate=True)
-        except (ValueError, binascii.Error):
-            raise Violation("malformed stream data", line) from None
-        self.streams.received_data(params.get("stream"), decoded)
+        self.streams.received(message["method"], params)
 
-    def _issued(self, request_id: Any, line: bytes) -> int:
+    def _issued(self, request_id: Any, line: bytearray) -> int:
         if type(request_id) is not int or not 0 < request_id <= self._next_id:
             raise Violation("a message for a request that was never sent", line)
         return request_id
@@ -255,13 +254,19 @@ class AgentChannel:
         await self._write(message)
 
     async def post_data(self, stream: int, data: bytes | memoryview) -> None:
-        await self.post({"method": Stream.DATA, "params": {"stream": stream, "data": Base64Text(base64.b64encode(data).decode("ascii"))}})
+        """Bytes of a stream (at most STREAM_CHUNK): one frame, one write."""
+        if self._closed_reason is not None:
+            raise SandboxError("BACKEND_UNAVAILABLE", f"{self._closed_reason}; create a new sandbox")
+        await self._write_frame([HEADER.pack(DATA, stream, len(data)) + data])
 
     async def _write(self, message: dict[str, Any]) -> None:
-        data = encode_request(message)
+        await self._write_frame(encode(message, "surrogatepass"))
+
+    async def _write_frame(self, pieces: list[bytes | bytearray | memoryview]) -> None:
         try:
             async with self._send_lock:
-                await self._send.send(data)
+                for piece in pieces:
+                    await self._send.send(piece)  # type: ignore[arg-type]  # any bytes-like goes
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             self.close("the sandbox's agent is gone")
             raise SandboxError("BACKEND_UNAVAILABLE", "the sandbox's agent is gone; create a new sandbox") from exc

@@ -1,7 +1,8 @@
 """The file calls of a sandbox, seen from the host: whole files and chunked transfers.
 
-Big files move in chunks of FILE_CHUNK bytes, CHUNKS_IN_FLIGHT at a time, so the host holds about
-one copy of a file and never a whole file in one message.
+Bytes move unencoded beside the messages (agent/protocol.py, BLOB frames). Big files move in
+chunks of FILE_CHUNK bytes, CHUNKS_IN_FLIGHT at a time, so the host holds about one copy of a file
+and never a whole file in one message.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ import anyio
 
 from .agent.api import Method
 from .backends.base import AgentHandle
-from .channel import Base64Text
 from .errors import SandboxError
 from .models import DirectoryCreated, FileContent, FileDeleted, FileList, FileMoved, FileWritten
 
-# Bytes per message when files move between host and agent (base64 in JSON: 1.33x on the wire).
+# Bytes per message when files move between host and agent.
 CHUNKS_IN_FLIGHT = 4
 FILE_CHUNK = 1 << 20
 
@@ -42,11 +42,7 @@ class SandboxFiles:
             data = data.encode("utf-8", "replace")
         view = memoryview(data).cast("B")
         if len(view) <= FILE_CHUNK:
-            result = await self.call(
-                Method.WRITE_FILE,
-                {"path": path, "content": base64.b64encode(view).decode("ascii"), "encoding": "base64",
-                 "session_id": session_id},
-            )
+            result = await self.call(Method.WRITE_FILE, {"path": path, "data": view, "session_id": session_id})
             return FileWritten.model_validate(result)
         return await self.write_file_chunks(
             path, (view[i : i + FILE_CHUNK] for i in range(0, len(view), FILE_CHUNK)), session_id=session_id
@@ -66,21 +62,21 @@ class SandboxFiles:
             window = anyio.Semaphore(CHUNKS_IN_FLIGHT)
             position = 0
 
-            async def send(encoded: str, offset: int) -> None:
+            async def send(part: memoryview, offset: int) -> None:
                 try:
-                    await self.call(Method.FILE_WRITE_CHUNK, {"handle": handle, "data": encoded, "offset": offset})
+                    await self.call(Method.FILE_WRITE_CHUNK, {"handle": handle, "data": part, "offset": offset})
                 finally:
                     window.release()
 
-            # Several chunks in flight, each with its offset, so that encoding, the channel and
-            # the agent's decoding overlap.
+            # Several chunks in flight, each with its offset, so that the channel and the agent's
+            # writing overlap.
             async with anyio.create_task_group() as tg:
                 async for chunk in _iterate(chunks):
                     piece = memoryview(chunk).cast("B")
                     for i in range(0, len(piece), FILE_CHUNK):
                         part = piece[i : i + FILE_CHUNK]
                         await window.acquire()
-                        tg.start_soon(send, Base64Text(base64.b64encode(part).decode("ascii")), position)
+                        tg.start_soon(send, part, position)
                         position += len(part)
             result = await self.call(Method.FILE_WRITE_CLOSE, {"handle": handle, "commit": True})
             committed = True
@@ -133,7 +129,7 @@ class SandboxFiles:
 
     async def _read_into(self, handle: str, start: int, size: int, max_bytes: int | None) -> bytearray:
         """Read ``size`` bytes from ``start``, a few chunks in flight at once so that the agent's
-        encoding and ours overlap. A file that shrank meanwhile ends at its first short chunk."""
+        reading and the channel overlap. A file that shrank meanwhile ends at its first short chunk."""
         limit = size if max_bytes is None else min(size, max_bytes)
         buffer = bytearray(limit)
         short: list[int] = []
@@ -163,13 +159,16 @@ class SandboxFiles:
             offset = 0
             while data := await self._read_chunk(opened["handle"], offset):
                 offset += len(data)
-                yield data
+                yield bytes(data)
         finally:
             await self._close_quietly(Method.FILE_READ_CLOSE, {"handle": opened["handle"]})
 
-    async def _read_chunk(self, handle: str, offset: int) -> bytes:
+    async def _read_chunk(self, handle: str, offset: int) -> memoryview:
         result = await self.call(Method.FILE_READ_CHUNK, {"handle": handle, "offset": offset, "size": FILE_CHUNK})
-        return base64.b64decode(result["data"])
+        data = result.get("data")
+        if not isinstance(data, memoryview):  # what a well-behaved agent sends (protocol.py)
+            raise SandboxError("INTERNAL", "the sandbox's agent answered a file read without its bytes")
+        return data
 
     async def _close_quietly(self, method: str, params: dict[str, Any]) -> None:
         with anyio.CancelScope(shield=True):

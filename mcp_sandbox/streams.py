@@ -27,12 +27,12 @@ StreamHandler = Callable[[ByteStream], Awaitable[None]]
 
 class Violation(Exception):
     """Something a well-behaved agent never sends: the channel can no longer be trusted.
-    ``what`` is for the caller; ``line``, the offending bytes, only for the log."""
+    ``what`` is for the caller; ``line``, the start of the offending message, only for the log."""
 
-    def __init__(self, what: str, line: bytes = b"") -> None:
+    def __init__(self, what: str, line: bytes | bytearray = b"") -> None:
         super().__init__(what)
         self.what = what
-        self.line = line
+        self.line = bytes(line[:100])
 
 
 class Poster(Protocol):

@@ -328,29 +328,3 @@ async def test_100_mb_through_the_python_api_in_chunks(tmp_path: Path) -> None:
         async for chunk in sandbox.read_file_chunks(written.path):
             total += len(chunk)
         assert total == size
-
-
-def test_base64_payloads_are_spliced_into_valid_json_lines() -> None:
-    import json
-
-    from mcp_sandbox.agent.protocol import Base64Text as AgentBase64, encode
-    from mcp_sandbox.channel import Base64Text, encode_request
-
-    requests = [
-        {"id": 1, "method": "file_write_chunk", "params": {"handle": "w1", "data": Base64Text("QUJD"), "offset": 3}},
-        {"id": 2, "method": "m", "params": {"data": Base64Text("")}},
-        {"id": 3, "method": "send_process_input", "params": {"data": "not base64: \"quoted\"\n\u00e9"}},
-    ]
-    for message in requests:
-        line = encode_request(message)
-        assert line.endswith(b"\n") and line.count(b"\n") == 1
-        assert json.loads(line) == message
-    answers = [
-        {"id": 1, "result": {"data": AgentBase64("QUJD")}},
-        {"id": 2, "result": {"size": 3, "data": AgentBase64("QUJD")}},
-        {"id": 3, "result": {"data": "a \"plain\" string\n"}},
-    ]
-    for message in answers:
-        line = encode(message)
-        assert line.endswith(b"\n") and line.count(b"\n") == 1
-        assert json.loads(line) == message

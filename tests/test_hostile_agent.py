@@ -9,8 +9,8 @@ with SIGSTOP for an agent that never answers.
 
 from __future__ import annotations
 
-import base64
 import functools
+import itertools
 import json
 import os
 import signal
@@ -25,6 +25,7 @@ import pytest
 from mcp.client import Client
 
 from mcp_sandbox import deadlines
+from mcp_sandbox.agent import protocol
 from mcp_sandbox.agent.api import STREAM_CHUNK, STREAM_WINDOW
 from mcp_sandbox.backends import docker as docker_backend
 from mcp_sandbox.manager import SandboxManager
@@ -82,7 +83,7 @@ for pid in pids:
 print(json.dumps(report))
 """
 
-# Run inside a sandbox, in the background: garbage and then an endless line into every pipe it
+# Run inside a sandbox, in the background: garbage and then endless bytes into every pipe it
 # can open under the given pid, without blocking, within a time and a total size.
 FLOOD_EVERY_PIPE = r"""
 import errno, os, sys, time
@@ -294,16 +295,24 @@ async def test_the_agent_is_pid_1_and_reaps_orphans(mcp: Tools) -> None:
     assert (await mcp.sh(f"test -e /proc/{orphan}"))["exit_code"] == 1  # exited and reaped
 
 
+def frame(payload: bytes, kind: int = protocol.MESSAGE, stream: int = 0) -> bytes:
+    """A well-formed frame around whatever payload (agent/protocol.py)."""
+    return protocol.HEADER.pack(kind, stream, len(payload)) + payload
+
+
 GARBAGE = {
-    "not an object": b"[1]\n",
-    "an id that is not a number": b'{"id":[1]}\n',
-    "an answer to a request never sent": b'{"id":99999,"result":{}}\n',
-    "a malformed error": b'{"id":1,"error":"no"}\n',
-    "a malformed notification": b'{"method":"output","params":[1]}\n',
-    "bytes that are not JSON": b"\xff\xfe garbage\n",
-    "data for a stream never opened": b'{"method":"stream_data","params":{"stream":1,"data":"AAAA"}}\n',
-    "a stream of a kind nobody listens for": b'{"method":"stream_open","params":{"stream":2,"kind":"x"}}\n',
-    "a stream credit that is no number": b'{"method":"stream_credit","params":{"stream":1,"bytes":"all"}}\n',
+    "not an object": frame(b"[1]"),
+    "an id that is not a number": frame(b'{"id":[1]}'),
+    "an answer to a request never sent": frame(b'{"id":99999,"result":{}}'),
+    "a malformed error": frame(b'{"id":1,"error":"no"}'),
+    "a malformed notification": frame(b'{"method":"output","params":[1]}'),
+    "bytes that are not JSON": frame(b"\xff\xfe garbage"),
+    "bytes beside a message that is no answer": frame(b'\x00\x00\x00\x02{}data', protocol.BLOB),
+    "a frame of an unknown kind": b"[1]\n" + b'{"id":[1]}\n',
+    "data for a stream never opened": frame(b"AAAA", protocol.DATA, 1),
+    "a stream of a kind nobody listens for": frame(b'{"method":"stream_open","params":{"stream":2,"kind":"x"}}'),
+    "a stream credit that is no number": frame(b'{"method":"stream_credit","params":{"stream":1,"bytes":"all"}}'),
+    "stream data as a message": frame(b'{"method":"stream_data","params":{"stream":1,"data":"AAAA"}}'),
 }
 
 
@@ -320,12 +329,12 @@ async def test_garbage_on_the_channel_ends_only_its_sandbox(manager_factory: Any
             assert await gone(manager, sid), name
             assert (await mcp.sh("echo alive", sandbox_id=bystander))["stdout"] == "alive\n", name
 
-        # A partial line glued to the next answer makes that answer unreadable: the call fails at
+        # A partial message glued to the next answer makes that answer unreadable: the call fails at
         # once instead of waiting for an answer that never comes.
         sid = (await mcp("create_sandbox"))["sandbox_id"]
         out = channel_out(agent_pid(manager.sandboxes[sid]))
-        text, seconds = await hit_while_waiting(mcp, sid, "sleep 1; echo done", out, [b'{"id":'])
-        assert "BACKEND_UNAVAILABLE:" in text and "unreadable line" in text
+        text, seconds = await hit_while_waiting(mcp, sid, "sleep 1; echo done", out, [frame(b'{"id":' + b" " * 14)[:-14]])
+        assert "BACKEND_UNAVAILABLE:" in text and "unreadable message" in text
         assert seconds < 10
         assert await gone(manager, sid)
         assert (await mcp.sh("echo alive", sandbox_id=bystander))["stdout"] == "alive\n"
@@ -341,9 +350,8 @@ async def test_a_stream_past_its_window_ends_only_its_sandbox(manager_factory: A
         sandbox = manager.sandboxes[sid]
         stream = await sandbox.open_stream(await streams_server(sandbox, "echo"))  # sends nothing unasked
         out = channel_out(agent_pid(sandbox))
-        chunk = base64.b64encode(b"x" * STREAM_CHUNK).decode()
-        line = json.dumps({"method": "stream_data", "params": {"stream": stream.id, "data": chunk}}).encode() + b"\n"  # type: ignore[attr-defined]
-        text, seconds = await hit_while_waiting(mcp, sid, "sleep 30", out, [line] * (STREAM_WINDOW // STREAM_CHUNK + 1))
+        data = frame(b"x" * STREAM_CHUNK, protocol.DATA, stream.id)  # type: ignore[attr-defined]
+        text, seconds = await hit_while_waiting(mcp, sid, "sleep 30", out, [data] * (STREAM_WINDOW // STREAM_CHUNK + 1))
         assert "BACKEND_UNAVAILABLE:" in text and "window" in text, text
         assert seconds < 10
         assert await gone(manager, sid)
@@ -352,7 +360,7 @@ async def test_a_stream_past_its_window_ends_only_its_sandbox(manager_factory: A
         assert (await mcp.sh("echo alive", sandbox_id=bystander))["stdout"] == "alive\n"
 
 
-async def test_an_endless_line_does_not_grow_the_server(manager_factory: Any, backend: str) -> None:
+async def test_an_endless_message_does_not_grow_the_server(manager_factory: Any, backend: str) -> None:
     require_root()
     async with served(manager_factory, backend) as (manager, mcp):
         bystander = (await mcp("create_sandbox"))["sandbox_id"]
@@ -360,17 +368,18 @@ async def test_an_endless_line_does_not_grow_the_server(manager_factory: Any, ba
         out = channel_out(agent_pid(manager.sandboxes[sid]))
         before = memory_kib("VmRSS")
         assert reset_peak_rss()
-        endless = (b"x" * MiB for _ in range(300))  # 300 MB without a newline
+        # A message of 4 GiB announced, and 300 MB of it sent: refused at its header.
+        endless = itertools.chain([protocol.HEADER.pack(protocol.MESSAGE, 0, 0xFFFFFFFF)], (b"x" * MiB for _ in range(300)))
         text, seconds = await hit_while_waiting(mcp, sid, "sleep 30", out, endless)
         growth_mb = (memory_kib("VmHWM") - before) / 1024
-        assert "BACKEND_UNAVAILABLE:" in text and "without a line end" in text, text
+        assert "BACKEND_UNAVAILABLE:" in text and "a frame of 4294967295 bytes, more than" in text, text
         assert growth_mb < 100, f"the server grew by {growth_mb:.0f} MB"
         assert await gone(manager, sid)
         assert (await mcp.sh("echo alive", sandbox_id=bystander))["stdout"] == "alive\n"
 
 
 async def test_flooding_every_pipe_from_inside(manager_factory: Any, backend: str) -> None:
-    """What the issue's hostile sandbox did: garbage and an endless line into every pipe it can
+    """What the issue's hostile sandbox did: garbage and endless bytes into every pipe it can
     open. Isolated, it cannot reach its channel and lives on; without isolation (root on the host)
     it can, and only its own sandbox ends. Either way the server and the other sandboxes are fine."""
     async with served(manager_factory, backend) as (manager, mcp):
@@ -452,7 +461,7 @@ async def test_a_call_never_waits_past_its_deadline(
 
 
 async def test_an_answer_too_big_for_the_channel_is_an_error(manager_factory: Any, backend: str) -> None:
-    """A well-behaved agent never sends a line the server would refuse: the call fails instead."""
+    """A well-behaved agent never sends a message the server would refuse: the call fails instead."""
     async with served(manager_factory, backend) as (manager, mcp):
         text = await mcp.error("run_code", code="'x' * 20_000_000")
         assert "LIMIT_REACHED:" in text and "MB" in text, text[:300]

@@ -4,6 +4,7 @@ host's calls, Settings' defaults and the pydantic models; and the version check 
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,13 @@ import pytest
 from pydantic import BaseModel
 
 from mcp_sandbox import models
-from mcp_sandbox.agent import api
+from mcp_sandbox.agent import api, protocol
 from mcp_sandbox.backends.base import AgentConfig
+from mcp_sandbox.channel import _Frames
 from mcp_sandbox.errors import SandboxError
 from mcp_sandbox.manager import SandboxManager
 from mcp_sandbox.settings import Settings
+from mcp_sandbox.streams import Violation
 
 from .conftest import settings_for
 
@@ -99,3 +102,41 @@ async def test_an_agent_of_another_version_is_refused(tmp_path: Path, monkeypatc
         assert failure.value.code == "BACKEND_UNAVAILABLE"
         assert "protocol version" in str(failure.value) and "reinstall mcp-sandbox" in str(failure.value)
         assert manager.sandboxes == {}
+
+
+def plain(message: dict[str, Any]) -> dict[str, Any]:
+    """The message with bytes of any type in its data as bytes, to compare."""
+    return {key: {**value, "data": bytes(value["data"])}
+            if isinstance(value, dict) and isinstance(value.get("data"), (bytes, bytearray, memoryview)) else value
+            for key, value in message.items()}
+
+
+def test_frames_carry_messages_and_bytes_beside_them_unchanged() -> None:
+    """What either end encodes, the host's reader cuts into the same frames, however the bytes
+    arrive; bytes beside a message come back as its data."""
+    messages: list[dict[str, Any]] = [
+        {"id": 1, "method": "file_write_chunk", "params": {"handle": "w1", "data": b"\x00\xffABC", "offset": 3}},
+        {"id": 2, "result": {"size": 3, "data": bytearray(b"")}},
+        {"id": 3, "method": "send_process_input", "params": {"data": "text stays \"JSON\"\n\u00e9"}},
+        {"method": "stream_eof", "params": {"stream": 5}},
+    ]
+    wire = b"".join(bytes(piece) for message in messages for piece in protocol.encode(message, "surrogatepass"))
+    wire += protocol.HEADER.pack(protocol.DATA, 7, 3) + b"xyz"
+    for step in (len(wire), 1, 5):
+        frames = _Frames(1 << 20)
+        got = [frame for i in range(0, len(wire), step) for frame in frames.feed(wire[i : i + step])]
+        decoded = [json.loads(payload) if kind == protocol.MESSAGE else protocol.decode_blob(payload)
+                   for kind, _, payload in got[:-1]]
+        assert [plain(message) for message in decoded] == [plain(message) for message in messages]
+        assert (got[-1][0], got[-1][1], bytes(got[-1][2])) == (protocol.DATA, 7, b"xyz")
+
+
+@pytest.mark.parametrize(("header", "what"), [
+    (protocol.HEADER.pack(9, 0, 1), "unknown kind"),
+    (protocol.HEADER.pack(protocol.MESSAGE, 0, (1 << 20) + 1), "more than"),
+    (protocol.HEADER.pack(protocol.DATA, 1, api.STREAM_CHUNK + 1), "more than"),
+])
+def test_a_frame_too_long_or_unknown_is_refused_at_its_header(header: bytes, what: str) -> None:
+    with pytest.raises(Violation) as refused:
+        list(_Frames(1 << 20).feed(header))
+    assert what in refused.value.what

@@ -3,7 +3,6 @@ encoding, stdin line classification, and what the tools write for the model. Run
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,7 +13,6 @@ import pytest
 from pydantic import ValidationError
 
 from mcp_sandbox import deadlines
-from mcp_sandbox.channel import Base64Text, encode_request
 from mcp_sandbox.errors import ErrorCode, SandboxError
 from mcp_sandbox.models import CodeResult, ExecResult, ProcessLogs
 from mcp_sandbox.mounts import parse_mount
@@ -99,15 +97,6 @@ def test_deadlines_follow_the_time_limits() -> None:
     assert deadlines.turn("run_code", {"language": "python"}) == "context:python"
     assert deadlines.turn("run_code", {"context_id": "c"}) == "context:c"
     assert deadlines.turn("list_files", {}) is None
-
-
-def test_encode_request_puts_base64_in_unscanned_and_the_same() -> None:
-    data = Base64Text("aGVsbG8=")
-    for params in ({"path": "/x", "data": data}, {"data": data}, {"path": "\ud800 \u00e9", "n": 1}):
-        message: dict[str, Any] = {"id": 7, "method": "write_file", "params": params}
-        line = encode_request(message)
-        assert line.endswith(b"\n") and line.count(b"\n") == 1
-        assert json.loads(line.decode("utf-8", "surrogatepass")) == message
 
 
 def undecodable(line: bytes) -> types.JSONRPCError:

@@ -23,7 +23,7 @@ from .file_text import decode_text, read_lines, sniff_mime
 from .file_tree import list_tree, move_across, remove_tree
 from .ids import Ids
 from .output import remove_file
-from .protocol import AgentError, Base64Text
+from .protocol import AgentError
 from .sessions import Sessions
 
 # What one read_file call returns at most: enough for any source file, small enough for a model.
@@ -122,12 +122,15 @@ class Files:
     # -- writing -------------------------------------------------------------------------------
 
     def write(self, params: Dict[str, Any]) -> Dict[str, Any]:
-        """A whole file in one request (what fits in one message)."""
+        """A whole file in one request (what fits in one message): bytes as ``data`` beside the
+        message, or text as ``content``."""
         encoding = params.get("encoding") or "utf-8"
         content = params.get("content")
-        if not isinstance(content, str):
+        if isinstance(params.get("data"), memoryview):
+            data = params["data"]
+        elif not isinstance(content, str):
             raise AgentError("INVALID_ARGUMENT", "content must be a string")
-        if encoding == "base64":
+        elif encoding == "base64":
             data = decode_base64(content)
         elif encoding in ("utf-8", "utf8"):
             data = content.encode("utf-8", "surrogateescape")
@@ -172,7 +175,9 @@ class Files:
         return {"handle": handle, "path": target}
 
     def write_chunk(self, params: Dict[str, Any]) -> Dict[str, Any]:
-        data = decode_base64(params.get("data") or "")
+        data = params.get("data")
+        if not isinstance(data, memoryview):  # the bytes beside the message (protocol.py)
+            raise AgentError("INVALID_ARGUMENT", "a file chunk comes as bytes beside its message")
         offset = params.get("offset")
         if offset is None:
             self._append(params.get("handle"), data)
@@ -189,7 +194,7 @@ class Files:
             write.written += len(data)
         return {"bytes": len(data)}
 
-    def _append(self, handle: Any, data: bytes) -> None:
+    def _append(self, handle: Any, data: "bytes | memoryview") -> None:
         write = self._writes.get(str(handle))
         if write is None:
             raise AgentError("INVALID_ARGUMENT", "no file being written with handle %r" % handle)
@@ -315,7 +320,7 @@ class Files:
             data = os.pread(f.fileno(), size, int(params.get("offset") or 0))
         except OSError as exc:
             raise read_error(exc, "the open file %s" % params.get("handle"))
-        return {"data": Base64Text(base64.b64encode(data).decode("ascii"))}
+        return {"data": data}  # bytes, sent beside the answer as they are
 
     def read_close(self, params: Dict[str, Any]) -> Dict[str, Any]:
         f = self._reads.pop(str(params.get("handle")), None)

@@ -1,21 +1,30 @@
-"""The agent's side of the channel: JSON lines in on one fd, JSON lines out on another.
+"""The channel's framing, and the agent's side of it: frames in on one fd, frames out on another.
 
-Messages host -> agent: ``{"id": n, "method": m, "params": {...}}`` (a request) or
-``{"method": "cancel", "params": {"id": n}}``. Agent -> host: ``{"id": n, "result": ...}``,
-``{"id": n, "error": {"code": c, "message": s}}`` or a notification
-``{"method": m, "params": {"id": n, ...}}`` tied to a request still running.
+Every frame is a header (``HEADER``: its kind, a stream id, the payload's length) and a payload:
+- ``MESSAGE``: a JSON object. Host -> agent: ``{"id": n, "method": m, "params": {...}}`` (a
+  request), ``{"method": "cancel", "params": {"id": n}}``, or a stream message (api.Stream).
+  Agent -> host: ``{"id": n, "result": ...}``, ``{"id": n, "error": {"code": c, "message": s}}``,
+  a notification ``{"method": m, "params": {"id": n, ...}}`` tied to a request still running, or
+  a stream message.
+- ``BLOB``: a message with bytes beside it, unencoded: a 4-byte length, the JSON object, then the
+  bytes, which are the request's ``params["data"]`` or the answer's ``result["data"]`` (file chunks).
+- ``DATA``: the bytes of the stream the header names (api.Stream), at most api.STREAM_CHUNK.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import os
-from typing import Any, Awaitable, Callable, Dict, List, Optional
+import struct
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
 
-from .api import CANCEL, Stream
+from .api import CANCEL, STREAM_CHUNK, Stream
+
+HEADER = struct.Struct(">BII")
+LENGTH = struct.Struct(">I")
+MESSAGE, BLOB, DATA = 1, 2, 3
+Bytes = Union[bytes, bytearray, memoryview]
 
 
 class AgentError(Exception):
@@ -42,36 +51,55 @@ class Request:
 
 Handler = Callable[[Request], Awaitable[Any]]
 
-# The host stops a sandbox whose agent sends a longer line (channel.py), so the agent never does:
-# room for a file chunk or an image read whole (5 MiB as base64), and for the two output streams
-# of max_output characters each, escaped in JSON (up to 6 bytes a character).
+# The host stops a sandbox whose agent sends a longer message (channel.py), so the agent never
+# does: room for a file chunk or an image read whole (5 MiB as base64), and for the two output
+# streams of max_output characters each, escaped in JSON (up to 6 bytes a character).
 LINE_BASE = 8 << 20
 # Notifications (command output while it runs) are small; the host holds a few per call at most.
 NOTIFICATION_MAX = 1 << 20
 
 
 def line_limit(max_output: int) -> int:
-    """The longest line either end accepts from the agent, for a given --max-output."""
+    """The longest message (a frame's payload) either end accepts from the agent, for a given
+    --max-output."""
     return LINE_BASE + 12 * max_output
 
 
-class Base64Text(str):
-    """Base64, which needs no escaping in JSON: as a result's ``data`` (file chunks of up to
-    1.4 MB) it is put into the line as it is, where json.dumps would spend milliseconds scanning it."""
+def _json(message: Dict[str, Any], errors: str) -> bytes:
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8", errors)
 
 
-def encode(message: Dict[str, Any]) -> bytes:
-    """One JSON line; a Base64Text ``result["data"]`` goes in last, unscanned."""
-    result = message.get("result")
-    payload = result.get("data") if isinstance(result, dict) else None
-    if not isinstance(result, dict) or not isinstance(payload, Base64Text):
-        return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogateescape") + b"\n"
-    rest = dict((key, value) for key, value in result.items() if key != "data")
-    outer = dict((key, value) for key, value in message.items() if key != "result")
-    outer["result"] = rest
-    head = json.dumps(outer, ensure_ascii=False, separators=(",", ":"))  # ends with two closing braces
-    opening = b',"data":"' if rest else b'"data":"'
-    return head[:-2].encode("utf-8", "surrogateescape") + opening + payload.encode("ascii") + b'"}}\n'
+def encode(message: Dict[str, Any], errors: str = "surrogateescape") -> List[Bytes]:
+    """A message as the pieces of one frame: bytes in ``params["data"]`` or ``result["data"]`` go
+    beside the JSON as they are (a BLOB), without a copy. ``errors``: how lone surrogates are
+    encoded (the agent's come from file names, the host's from JSON it was given)."""
+    inner = message.get("params", message.get("result"))
+    data = inner.get("data") if isinstance(inner, dict) else None
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        payload = _json(message, errors)
+        return [HEADER.pack(MESSAGE, 0, len(payload)) + payload]
+    key = "params" if "params" in message else "result"
+    outer = dict(message)
+    outer[key] = dict((name, value) for name, value in inner.items() if name != "data")  # type: ignore[union-attr]
+    head = _json(outer, errors)
+    return [HEADER.pack(BLOB, 0, LENGTH.size + len(head) + len(data)) + LENGTH.pack(len(head)) + head, data]
+
+
+def decode_blob(payload: Bytes) -> Dict[str, Any]:
+    """A BLOB's message, its bytes put back in as ``data`` (a view of the payload, no copy).
+    Raises ValueError if it is malformed."""
+    view = memoryview(payload)
+    if len(view) < LENGTH.size:
+        raise ValueError("a blob without its length")
+    (length,) = LENGTH.unpack_from(view)
+    if length > len(view) - LENGTH.size:
+        raise ValueError("a blob shorter than its message")
+    message: Dict[str, Any] = json.loads(bytes(view[LENGTH.size : LENGTH.size + length]))
+    inner = message.get("params", message.get("result")) if type(message) is dict else None
+    if type(inner) is not dict:
+        raise ValueError("a blob whose message has no params or result object")
+    inner["data"] = view[LENGTH.size + length :]
+    return message
 
 
 class Connection:
@@ -100,15 +128,22 @@ class Connection:
             asyncio.streams.FlowControlMixin, os.fdopen(self._out_fd, "wb", 0)
         )
         self._writer = asyncio.StreamWriter(transport, protocol, None, loop)
-        for message in self._out_buffer:
-            self._writer.write(message)
+        for early in self._out_buffer:
+            self._writer.write(early)
         self._out_buffer.clear()
         while True:
-            line = await reader.readline()
-            if not line:
-                return
             try:
-                message = json.loads(line)
+                kind, stream, length = HEADER.unpack(await reader.readexactly(HEADER.size))
+                payload = await reader.readexactly(length)
+            except asyncio.IncompleteReadError:
+                return
+            if kind == DATA:
+                on_data = self._notifications.get(Stream.DATA)
+                if on_data is not None:
+                    self._notify(on_data, {"stream": stream, "data": payload})
+                continue
+            try:
+                message: Any = json.loads(payload) if kind == MESSAGE else decode_blob(payload)
             except ValueError:
                 continue
             if message.get("method") == CANCEL:
@@ -130,15 +165,14 @@ class Connection:
     def _notify(self, notification: Callable[[Dict[str, Any]], None], params: Any) -> None:
         """A stream message; a malformed one (a host bug) is dropped."""
         try:
-            if isinstance(params.get("data"), str):
-                params["data"] = base64.b64decode(params["data"])
             notification(params)
-        except (AttributeError, KeyError, TypeError, ValueError, binascii.Error):
+        except (AttributeError, KeyError, TypeError, ValueError):
             pass
 
     def send_data(self, stream: int, data: bytes) -> None:
-        """Bytes of a stream to the host."""
-        self.send({"method": Stream.DATA, "params": {"stream": stream, "data": Base64Text(base64.b64encode(data).decode("ascii"))}})
+        """Bytes of a stream to the host (at most STREAM_CHUNK)."""
+        assert len(data) <= STREAM_CHUNK
+        self._write([HEADER.pack(DATA, stream, len(data)), data])
 
     async def _run(self, request: Request, method: str) -> None:
         try:
@@ -157,19 +191,24 @@ class Connection:
             self._tasks.pop(request.id, None)
 
     def send(self, message: Dict[str, Any]) -> None:
-        data = encode(message)
-        if len(data) > (self._max_line if "id" in message else NOTIFICATION_MAX):
+        pieces = encode(message)
+        size = sum(len(piece) for piece in pieces) - HEADER.size
+        if size > (self._max_line if "id" in message else NOTIFICATION_MAX):
             if "id" not in message:
                 return  # progress is best effort
             # E.g. run_code displaying a huge image: the call fails, the sandbox lives on.
-            data = encode({"id": message["id"], "error": {"code": "LIMIT_REACHED", "message": (
+            pieces = encode({"id": message["id"], "error": {"code": "LIMIT_REACHED", "message": (
                 "the answer was %.1f MB, more than the %.0f MB a sandbox may send at once; return less "
-                "(write big results to a file and read it in parts)" % (len(data) / 1e6, self._max_line / 1e6)
+                "(write big results to a file and read it in parts)" % (size / 1e6, self._max_line / 1e6)
             )}})
+        self._write(pieces)
+
+    def _write(self, pieces: List[Bytes]) -> None:
         if self._writer is None:
-            self._out_buffer.append(data)
+            self._out_buffer.extend(bytes(piece) for piece in pieces)
         elif not self._writer.transport.is_closing():
-            self._writer.write(data)
+            for piece in pieces:
+                self._writer.write(piece)
 
     async def drain(self) -> None:
         """Wait until the host has taken what was written (for big streamed transfers)."""
