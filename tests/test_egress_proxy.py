@@ -204,6 +204,17 @@ async def test_connect_tunnels_to_an_allowed_port_only() -> None:
 
 
 @pytest.mark.anyio
+async def test_the_50_latest_denials_are_kept_newest_first() -> None:
+    egress = Egress(AllowList.parse(["127.0.0.1:1"]))
+    async with proxy(egress) as port:
+        for n in range(1, 61):
+            async with await connect(port) as client:
+                await client.send(f"CONNECT 127.0.0.1:{n + 1} HTTP/1.1\r\n\r\n".encode())
+                assert (await response(client))[0].startswith("HTTP/1.1 403")
+    assert [b["port"] for b in egress.info()["blocked"]] == list(range(61, 11, -1))
+
+
+@pytest.mark.anyio
 async def test_names_that_resolve_inside_are_refused_unless_the_address_is_named(upstream: int) -> None:
     by_name = Egress(AllowList.parse([f"localhost:{upstream}"]))
     async with proxy(by_name) as port, await connect(port) as client:
