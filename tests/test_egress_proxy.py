@@ -289,18 +289,21 @@ def upstream_ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Authority:
     return ca
 
 
-async def tunnel(proxy_port: int, port: int, trusted: bytes) -> TLSStream:
-    """A CONNECT tunnel to 127.0.0.1:port, with TLS inside trusting only ``trusted``."""
+async def tunnel(proxy_port: int, port: int, trusted: bytes, *, close_notify: bool = False) -> TLSStream:
+    """A CONNECT tunnel to 127.0.0.1:port, with TLS inside trusting only ``trusted``; with
+    ``close_notify``, TLS ends as the standard says, both ways."""
     stream = await connect(proxy_port)
     await stream.send(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n".encode())
     assert (await response(stream))[0] == "HTTP/1.1 200 Connection established"
     context = ssl.create_default_context(cadata=trusted.decode())
-    # Python's HTTPS server closes without close_notify: not required here.
-    return await TLSStream.wrap(stream, hostname="127.0.0.1", ssl_context=context, standard_compatible=False)
+    # Python's HTTPS server closes without close_notify: not required by default.
+    return await TLSStream.wrap(stream, hostname="127.0.0.1", ssl_context=context, standard_compatible=close_notify)
 
 
 @pytest.mark.anyio
-async def test_injected_headers_reach_matching_hosts_only(upstream_ca: Authority) -> None:
+async def test_injected_headers_reach_matching_hosts_only(
+    upstream_ca: Authority, caplog: pytest.LogCaptureFixture
+) -> None:
     with http_server(upstream_ca.context_for("127.0.0.1")) as brokered, \
             http_server(upstream_ca.context_for("127.0.0.1")) as plain:
         broker = Broker([parse_injection(f"127.0.0.1:{brokered}:Authorization=Bearer s3cret")])
@@ -311,7 +314,16 @@ async def test_injected_headers_reach_matching_hosts_only(upstream_ca: Authority
                 for path in ("/one", "/two"):
                     await secure.send(f"GET {path} HTTP/1.1\r\nHost: h\r\nAuthorization: mine\r\n\r\n".encode())
                     assert (await response(secure))[2] == f"GET {path} host=h body= auth=Bearer s3cret".encode()
+            # A websocket-like upgrade inside the brokered TLS: bytes both ways, then a clean end.
+            upgraded = await tunnel(port, brokered, broker.authority.pem, close_notify=True)
+            async with BufferedByteStream(upgraded) as secure:
+                await secure.send(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+                assert (await response(secure))[0] == "HTTP/1.1 101 Switching Protocols"
+                await secure.send(b"frame")
+                with anyio.fail_after(10):
+                    assert await secure.receive_exactly(5) == b"frame"
             # Another port: an end-to-end tunnel, with the upstream's own certificate.
             async with BufferedByteStream(await tunnel(port, plain, upstream_ca.pem)) as secure:
                 await secure.send(b"GET /p HTTP/1.1\r\nHost: h\r\nAuthorization: mine\r\n\r\n")
                 assert (await response(secure))[2] == b"GET /p host=h body= auth=mine"
+    assert "a connection failed" not in caplog.text

@@ -307,8 +307,12 @@ async def splice(a: ByteStream, b: ByteStream, idle: float = TUNNEL_IDLE) -> Non
                     last = time.monotonic()
                     await sink.send(data)
             except anyio.EndOfStream:
-                with suppress(*_CLOSED):
+                try:
                     await sink.send_eof()
+                except NotImplementedError:  # TLS cannot close one direction: end both
+                    tg.cancel_scope.cancel()
+                except _CLOSED:
+                    pass
             except _CLOSED:
                 tg.cancel_scope.cancel()
             ended += 1
