@@ -29,10 +29,25 @@ PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO
 # A client in the sandbox. NO_PROXY names 127.0.0.1, so to reach the host's loopback servers
 # through the proxy it uses the proxy explicitly (as HTTP_PROXY names it), or no proxy (direct).
 CLIENT = r"""
-import http.client, os, sys, urllib.parse
+import http.client, os, socket, sys, urllib.parse
 mode, port = sys.argv[1], int(sys.argv[2])
 proxy = urllib.parse.urlsplit(os.environ["HTTP_PROXY"])
 try:
+    if mode == "socks":  # SOCKS5 on the same port, to 127.0.0.1:port
+        s = socket.create_connection((proxy.hostname, proxy.port), timeout=10)
+        s.sendall(b"\x05\x01\x00")
+        s.recv(2)
+        s.sendall(b"\x05\x01\x00\x01\x7f\x00\x00\x01" + port.to_bytes(2, "big"))
+        code = s.recv(10)[1]
+        print("socks reply", code)
+        if code:
+            sys.exit()
+        s.sendall(b"GET /socks HTTP/1.0\r\nHost: h\r\n\r\n")
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+        print(answer.decode().split("\r\n")[-1])
+        sys.exit()
     if mode == "direct":
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", "/direct")
@@ -74,6 +89,7 @@ async def test_the_proxy_reaches_allowed_hosts_only(mcp_with: Any, backend: str,
         ]
         assert (await client(mcp, "connect", allowed))[2] == f"GET /tunnel host=127.0.0.1:{allowed} body="
         assert (await client(mcp, "connect-big", allowed))[2] == "5000000"
+        assert await client(mcp, "socks", allowed) == ["socks reply 0", "GET /socks host=h body="]
 
         why = f"127.0.0.1:{other} is not in this sandbox's egress allow-list"
         status, header, body = (await client(mcp, "plain", other))[:3]
@@ -89,9 +105,10 @@ async def test_the_proxy_reaches_allowed_hosts_only(mcp_with: Any, backend: str,
         else:  # no network but through the proxy: its loopback is its own
             assert direct[0].startswith("error:") and "refused" in direct[0].lower()
 
+        assert await client(mcp, "socks", other) == ["socks reply 2"]  # not allowed by the rules
         network = (await mcp("sandbox_info"))["network"]
         assert network["mode"] == "proxy" and network["allow_hosts"] == [f"127.0.0.1:{allowed}"]
-        assert [(b["host"], b["port"]) for b in network["blocked"]] == [("127.0.0.1", other)] * 2
+        assert [(b["host"], b["port"]) for b in network["blocked"]] == [("127.0.0.1", other)] * 3
         assert network["blocked"][0]["at"] >= network["blocked"][1]["at"]
 
 

@@ -203,6 +203,41 @@ async def test_connect_tunnels_to_an_allowed_port_only() -> None:
                 assert status.startswith("HTTP/1.1 403") and "not in this sandbox's egress allow-list" in status
 
 
+async def socks_connect(proxy_port: int, address: bytes, port: int, methods: bytes = b"\x00") -> tuple[BufferedByteStream, bytes]:
+    """A SOCKS5 CONNECT (``address`` as sent: type and bytes); the stream and the reply."""
+    client = await connect(proxy_port)
+    await client.send(b"\x05" + bytes([len(methods)]) + methods)
+    with anyio.fail_after(10):
+        chosen = await client.receive_exactly(2)
+        if chosen != b"\x05\x00":
+            return client, chosen
+        await client.send(b"\x05\x01\x00" + address + port.to_bytes(2, "big"))
+        return client, await client.receive_exactly(10)
+
+
+@pytest.mark.anyio
+async def test_socks5_connect_is_checked_like_http() -> None:
+    with echo_server() as server:
+        egress = Egress(AllowList.parse([f"127.0.0.1:{server.port}"]))
+        async with proxy(egress) as port:
+            client, answer = await socks_connect(port, b"\x01" + bytes([127, 0, 0, 1]), server.port)
+            async with client:
+                assert answer[:2] == b"\x05\x00"
+                await client.send(b"through socks")
+                with anyio.fail_after(10):
+                    assert await client.receive_exactly(13) == b"through socks"
+            for address in (b"\x01" + bytes([127, 0, 0, 1]), b"\x03\x09localhost"):  # another port; a name
+                client, answer = await socks_connect(port, address, server.port + 1 if address[0] == 1 else server.port)
+                async with client:
+                    assert answer[:2] == b"\x05\x02"  # not allowed by the rules
+            client, answer = await socks_connect(port, b"", 0, methods=b"\x02")  # user/password only
+            async with client:
+                assert answer == b"\x05\xff"
+    assert [(b["host"], b["port"]) for b in egress.info()["blocked"]] == [
+        ("localhost", server.port), ("127.0.0.1", server.port + 1)
+    ]
+
+
 @pytest.mark.anyio
 async def test_the_50_latest_denials_are_kept_newest_first() -> None:
     egress = Egress(AllowList.parse(["127.0.0.1:1"]))

@@ -21,6 +21,7 @@ from anyio.abc import ByteStream
 from anyio.streams.buffered import BufferedByteStream
 from anyio.streams.tls import TLSStream
 
+from . import socks
 from .broker import Broker, Injection
 from .messages import (
     CHUNK, IDLE_TIMEOUT, BadMessage, Framing, Head, Target, copy_body, forwarded, keeps_alive, read_head,
@@ -109,6 +110,12 @@ class Egress:
                 await stream.aclose()
 
     async def _serve(self, client: BufferedByteStream) -> None:
+        with anyio.fail_after(self.head_timeout):
+            first = await client.receive(1)
+        if first == socks.VERSION:
+            await self._serve_socks(client)
+            return
+        client.feed_data(first)  # the buffer was empty: the head reads whole again
         timeout = self.head_timeout
         while True:
             try:
@@ -136,20 +143,46 @@ class Egress:
                     return
             timeout = IDLE_TIMEOUT
 
+    async def _serve_socks(self, client: BufferedByteStream) -> None:
+        try:
+            host, port = await socks.read_request(client, self.head_timeout)
+        except socks.SocksError as exc:
+            if exc.code >= 0:
+                await within(client.send(socks.reply(exc.code)))
+            return
+        try:
+            upstream = BufferedByteStream(await self.connect(host, port))
+        except Denied:
+            await within(client.send(socks.reply(socks.NOT_ALLOWED)))
+            return
+        except Unreachable:
+            await within(client.send(socks.reply(socks.HOST_UNREACHABLE)))
+            return
+        async with upstream:
+            await within(client.send(socks.reply(socks.SUCCEEDED)))
+            await splice(client, upstream)
+
     async def _open_upstream(self, client: ByteStream, target: Target) -> BufferedByteStream | None:
         """The upstream connection for a request, or None after answering why there is none."""
         try:
             return BufferedByteStream(await self.connect(target.host, target.port))
         except Denied as exc:
-            self.blocked.appendleft({"host": exc.host, "port": exc.port, "at": time.time()})
-            logger.debug("egress proxy denied %s:%s: %s", exc.host, exc.port, exc.why)
             await answer(client, 403, f"{exc.why}; {exc.advice}", phrase=f"Forbidden: {exc.why}")
         except Unreachable as exc:
             await answer(client, 502, str(exc))
         return None
 
     async def connect(self, host: str, port: int) -> ByteStream:
-        """A connection to an allowed host; Denied or Unreachable say why there is none."""
+        """A connection to an allowed host; Denied (kept in ``blocked``) or Unreachable say why
+        there is none."""
+        try:
+            return await self._connect(host, port)
+        except Denied as exc:
+            self.blocked.appendleft({"host": exc.host, "port": exc.port, "at": time.time()})
+            logger.debug("egress proxy denied %s:%s: %s", exc.host, exc.port, exc.why)
+            raise
+
+    async def _connect(self, host: str, port: int) -> ByteStream:
         if not self.allow.allows(host, port):
             raise Denied(
                 host, port, f"{host}:{port} is not in this sandbox's egress allow-list",
