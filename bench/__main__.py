@@ -22,6 +22,7 @@ CASES: dict[str, Case] = {
     "parallel": shell.parallel_sessions,
     "files": files.small_file_over_mcp,
     "bigfile": files.big_file,
+    "stream": files.stream_download,
     "code": code.run_code,
     "scale": scale.many_sandboxes,
     "peers": peers.compare,  # optional: llm-sandbox and SWE-ReX, when installed

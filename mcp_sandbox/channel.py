@@ -18,8 +18,9 @@ from anyio.abc import ByteReceiveStream, ByteSendStream
 from anyio.streams.memory import MemoryObjectSendStream
 
 from .agent.api import STREAM_CHUNK, STREAM_MESSAGES, Stream
-from .agent.protocol import BLOB, DATA, HEADER, MESSAGE, NOTIFICATION_MAX, decode_blob, encode
+from .agent.protocol import DATA, HEADER, NOTIFICATION_MAX, encode
 from .errors import ErrorCode, SandboxError
+from .frames import Frames
 from .streams import Streams, Violation
 
 logger = logging.getLogger(__name__)
@@ -32,51 +33,15 @@ NOTIFICATIONS_QUEUED = 16
 CANCEL_TIMEOUT = 5.0
 
 
-class _Frames:
-    """Cuts what the agent sends into frames. A header is checked before its payload is taken,
-    so nothing longer than a frame may be is ever held."""
-
-    def __init__(self, max_message: int) -> None:
-        self._max_message = max_message
-        self._header = bytearray()
-        self._payload: bytearray | None = None
-        self._kind = self._stream = self._filled = 0
-
-    def feed(self, chunk: bytes) -> Iterator[tuple[int, int, bytearray]]:
-        view = memoryview(chunk)
-        i, end = 0, len(view)
-        while i < end:
-            if self._payload is None:
-                take = min(HEADER.size - len(self._header), end - i)
-                self._header += view[i : i + take]
-                i += take
-                if len(self._header) < HEADER.size:
-                    return
-                kind, stream, length = HEADER.unpack(self._header)
-                limit = STREAM_CHUNK if kind == DATA else self._max_message if kind in (MESSAGE, BLOB) else -1
-                if limit < 0:
-                    raise Violation(f"a frame of an unknown kind {kind}", bytes(self._header))
-                if length > limit:
-                    raise Violation(f"a frame of {length} bytes, more than the {limit} allowed", bytes(self._header))
-                self._header.clear()
-                self._kind, self._stream, self._payload, self._filled = kind, stream, bytearray(length), 0
-            take = min(len(self._payload) - self._filled, end - i)
-            self._payload[self._filled : self._filled + take] = view[i : i + take]
-            self._filled += take
-            i += take
-            if self._filled == len(self._payload):
-                payload, self._payload = self._payload, None
-                yield self._kind, self._stream, payload
-
-
 class _Call:
     """A request waiting for its answer; notifications tied to it queue in ``notes``."""
 
-    __slots__ = ("notes", "answer")
+    __slots__ = ("notes", "answer", "into")
 
-    def __init__(self, notes: MemoryObjectSendStream[dict[str, Any]]) -> None:
+    def __init__(self, notes: MemoryObjectSendStream[dict[str, Any]], into: memoryview | None) -> None:
         self.notes = notes
         self.answer: dict[str, Any] | None = None
+        self.into = into  # where the bytes beside the answer go, if they fit
 
 
 class AgentChannel:
@@ -112,20 +77,31 @@ class AgentChannel:
                 self.close("the sandbox's agent stopped (the sandbox was destroyed or crashed)")
 
     async def _read(self) -> None:
-        frames = _Frames(self._max_line)
+        frames = Frames(self._max_line, self._sink)
+        # A stream that reads into our buffers (backends/pipes.py) gets big payloads read straight
+        # into theirs, and the rest into one scratch buffer: no copies beyond those.
+        receive_into: Callable[[memoryview], Awaitable[int]] | None = getattr(self._receive, "receive_into", None)
+        scratch = memoryview(bytearray(1 << 20))
         while True:
+            room = frames.room() if receive_into is not None and self._closed_reason is None else None
             try:
-                chunk = await self._receive.receive(1 << 20)
+                if room is not None:
+                    assert receive_into is not None
+                    received = frames.filled(await receive_into(room))
+                elif receive_into is not None:
+                    received = frames.feed(scratch[: await receive_into(scratch)])
+                else:
+                    received = frames.feed(await self._receive.receive(1 << 20))
             except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
                 return
             if self._closed_reason is not None:
                 continue
             try:
-                for kind, stream, payload in frames.feed(chunk):
+                for kind, frame_id, payload, data in received:
                     if kind == DATA:
-                        self.streams.received_data(stream, bytes(payload))
+                        self.streams.received_data(frame_id, memoryview(payload))
                     else:
-                        self._dispatch(kind, payload)
+                        self._dispatch(payload, frame_id, data)
             except Violation as exc:
                 logger.warning(
                     "%s: the agent broke the channel protocol (%s%s); stopping the sandbox",
@@ -136,17 +112,25 @@ class AgentChannel:
     async def wait_closed(self) -> None:
         await self._closed.wait()
 
-    def _dispatch(self, kind: int, line: bytearray) -> None:
-        """Pass one message to the call it belongs to; cheap type checks only (the hot path)."""
+    def _sink(self, request_id: int) -> memoryview | None:
+        """Where the call ``request_id`` wants the bytes beside its answer, if it said."""
+        call = self._pending.get(request_id)
+        return call.into if call is not None else None
+
+    def _dispatch(self, line: bytearray, frame_id: int, data: memoryview | None) -> None:
+        """Pass one message to the call it belongs to; cheap type checks only (the hot path).
+        ``data``: the bytes beside an answer (a BLOB frame), whose header named its request."""
         try:
-            message = json.loads(line) if kind == MESSAGE else decode_blob(line)
+            message = json.loads(line)
         except (ValueError, RecursionError):
             raise Violation("an unreadable message", line) from None
         if type(message) is not dict:
             raise Violation("a message that is not a JSON object", line)
         request_id = message.get("id")
-        if kind == BLOB and request_id is None:
-            raise Violation("bytes beside a message that is no answer", line[:100])
+        if data is not None:
+            if request_id != frame_id or type(message.get("result")) is not dict:
+                raise Violation("bytes beside a message that is no answer, or another request's", line)
+            message["result"]["data"] = data
         if request_id is None and message.get("method") in STREAM_MESSAGES:
             self._stream_message(message, line)
             return
@@ -196,16 +180,18 @@ class AgentChannel:
         self._pending.clear()
 
     async def request(
-        self, method: str, params: dict[str, Any], notify: Notify | None = None, *, timeout: float
+        self, method: str, params: dict[str, Any], notify: Notify | None = None, *, timeout: float,
+        into: memoryview | None = None,
     ) -> Any:
         """Send a request and wait for its answer, passing notifications to ``notify``. Past
-        ``timeout`` seconds the call fails with BACKEND_UNAVAILABLE and the agent is told to cancel it."""
+        ``timeout`` seconds the call fails with BACKEND_UNAVAILABLE and the agent is told to cancel it.
+        Bytes beside the answer (its ``data``) are read into ``into`` where they fit."""
         if self._closed_reason is not None:
             raise SandboxError("BACKEND_UNAVAILABLE", f"{self._closed_reason}; create a new sandbox")
         self._next_id += 1
         request_id = self._next_id
         send, receive = anyio.create_memory_object_stream[dict[str, Any]](NOTIFICATIONS_QUEUED)
-        call = _Call(send)
+        call = _Call(send, into)
         self._pending[request_id] = call
         try:
             with anyio.move_on_after(timeout):

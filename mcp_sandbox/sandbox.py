@@ -83,9 +83,9 @@ class Sandbox(SandboxFiles):
     def workspace(self) -> str:
         return self.handle.workspace
 
-    async def call(self, method: str, params: dict[str, Any], notify: Any = None) -> Any:
+    async def call(self, method: str, params: dict[str, Any], notify: Any = None, into: memoryview | None = None) -> Any:
         """One agent request, within its deadline; counts as use of the sandbox while it runs (for
-        idle expiry)."""
+        idle expiry). Bytes beside the answer go into ``into`` where they fit (channel.py)."""
         problem = params_problem(params)  # the agent checks too; a bad name never leaves the host
         if problem is not None:
             raise SandboxError("INVALID_ARGUMENT", problem)
@@ -95,7 +95,7 @@ class Sandbox(SandboxFiles):
             async with self._turns.take(turn(method, params)):
                 session = str(params.get("session_id") or "default")
                 seconds = deadline(method, params, self._session_timeouts.get(session, self._command_timeout))
-                return await self.channel.request(method, params, notify, timeout=seconds)
+                return await self.channel.request(method, params, notify, timeout=seconds, into=into)
         finally:
             self.active_calls -= 1
             self.last_used_at = time.time()

@@ -31,7 +31,7 @@ class SandboxFiles:
 
     handle: AgentHandle
 
-    async def call(self, method: str, params: dict[str, Any], notify: Any = None) -> Any:
+    async def call(self, method: str, params: dict[str, Any], notify: Any = None, into: memoryview | None = None) -> Any:
         raise NotImplementedError
 
     async def write_file(self, path: str, data: Bytes | str, *, session_id: str | None = None) -> FileWritten:
@@ -132,14 +132,18 @@ class SandboxFiles:
         reading and the channel overlap. A file that shrank meanwhile ends at its first short chunk."""
         limit = size if max_bytes is None else min(size, max_bytes)
         buffer = bytearray(limit)
+        whole = memoryview(buffer)
         short: list[int] = []
         window = anyio.Semaphore(CHUNKS_IN_FLIGHT)
 
         async def fetch(offset: int) -> None:
             try:
-                data = (await self._read_chunk(handle, start + offset))[: limit - offset]
-                buffer[offset : offset + len(data)] = data
-                if offset + len(data) < min(offset + FILE_CHUNK, limit):
+                target = whole[offset : offset + FILE_CHUNK]
+                data = await self._read_chunk(handle, start + offset, target)  # read into target
+                if data.obj is not buffer:  # it did not fit (the agent sent more than asked)
+                    data = data[: len(target)]
+                    target[: len(data)] = data
+                if len(data) < len(target):
                     short.append(offset + len(data))
             finally:
                 window.release()
@@ -148,6 +152,7 @@ class SandboxFiles:
             for offset in range(0, limit, FILE_CHUNK):
                 await window.acquire()
                 tg.start_soon(fetch, offset)
+        whole.release()
         if short:
             del buffer[min(short):]
         return buffer
@@ -157,14 +162,16 @@ class SandboxFiles:
         opened = await self.call(Method.FILE_READ_OPEN, {"path": path, "session_id": session_id})
         try:
             offset = 0
-            while data := await self._read_chunk(opened["handle"], offset):
+            while data := await self._read_chunk(opened["handle"], offset, None):
                 offset += len(data)
                 yield bytes(data)
         finally:
             await self._close_quietly(Method.FILE_READ_CLOSE, {"handle": opened["handle"]})
 
-    async def _read_chunk(self, handle: str, offset: int) -> memoryview:
-        result = await self.call(Method.FILE_READ_CHUNK, {"handle": handle, "offset": offset, "size": FILE_CHUNK})
+    async def _read_chunk(self, handle: str, offset: int, into: memoryview | None) -> memoryview:
+        """A chunk, read into ``into`` (as much as it holds) if given; a view of what came."""
+        size = FILE_CHUNK if into is None else len(into)
+        result = await self.call(Method.FILE_READ_CHUNK, {"handle": handle, "offset": offset, "size": size}, into=into)
         data = result.get("data")
         if not isinstance(data, memoryview):  # what a well-behaved agent sends (protocol.py)
             raise SandboxError("INTERNAL", "the sandbox's agent answered a file read without its bytes")

@@ -49,7 +49,7 @@ class ChannelStream(ByteStream):
     def __init__(self, owner: Streams, stream_id: int) -> None:
         self._owner = owner
         self.id = stream_id
-        self._inbox: deque[bytes] = deque()
+        self._inbox: deque[memoryview] = deque()
         self._inbox_bytes = 0
         self._eof_received = False
         self._taken = 0  # bytes the reader took that the agent was not yet credited for
@@ -66,7 +66,7 @@ class ChannelStream(ByteStream):
 
     # -- what the agent sent (the channel's reader; never blocks) -------------------------------
 
-    def data(self, data: bytes) -> None:
+    def data(self, data: memoryview) -> None:
         if self._eof_received:
             raise Violation(f"data on stream {self.id} after its end")
         if self._inbox_bytes + len(data) > STREAM_WINDOW:
@@ -108,10 +108,11 @@ class ChannelStream(ByteStream):
             if self._eof_received:
                 raise anyio.EndOfStream
             await self._wake.wait()
-        data = self._inbox.popleft()
-        if len(data) > max_bytes:
-            data, rest = data[:max_bytes], data[max_bytes:]
-            self._inbox.appendleft(rest)
+        view = self._inbox.popleft()
+        if len(view) > max_bytes:
+            self._inbox.appendleft(view[max_bytes:])
+            view = view[:max_bytes]
+        data = bytes(view)
         self._inbox_bytes -= len(data)
         self._taken += len(data)
         if self._taken >= STREAM_WINDOW // 4 and not self._eof_received and self._broken is None:
@@ -225,7 +226,7 @@ class Streams:
         else:
             raise Violation(f"an unknown stream message {method!r}")
 
-    def received_data(self, stream_id: Any, data: bytes) -> None:
+    def received_data(self, stream_id: Any, data: memoryview) -> None:
         stream = self._find(stream_id)
         if stream is not None:
             stream.data(data)

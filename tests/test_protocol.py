@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from mcp_sandbox import models
 from mcp_sandbox.agent import api, protocol
 from mcp_sandbox.backends.base import AgentConfig
-from mcp_sandbox.channel import _Frames
+from mcp_sandbox.frames import Frames
 from mcp_sandbox.errors import SandboxError
 from mcp_sandbox.manager import SandboxManager
 from mcp_sandbox.settings import Settings
@@ -123,12 +123,24 @@ def test_frames_carry_messages_and_bytes_beside_them_unchanged() -> None:
     wire = b"".join(bytes(piece) for message in messages for piece in protocol.encode(message, "surrogatepass"))
     wire += protocol.HEADER.pack(protocol.DATA, 7, 3) + b"xyz"
     for step in (len(wire), 1, 5):
-        frames = _Frames(1 << 20)
+        frames = Frames(1 << 20, lambda request_id: None)
         got = [frame for i in range(0, len(wire), step) for frame in frames.feed(wire[i : i + step])]
-        decoded = [json.loads(payload) if kind == protocol.MESSAGE else protocol.decode_blob(payload)
-                   for kind, _, payload in got[:-1]]
+        decoded = [json.loads(payload) for _, _, payload, _ in got[:-1]]
+        for (_, _, _, data), message in zip(got, decoded):
+            if data is not None:
+                message.get("params", message.get("result"))["data"] = data
         assert [plain(message) for message in decoded] == [plain(message) for message in messages]
         assert (got[-1][0], got[-1][1], bytes(got[-1][2])) == (protocol.DATA, 7, b"xyz")
+    assert plain(protocol.decode_blob(b"".join(protocol.encode(messages[0]))[protocol.HEADER.size :])) == plain(messages[0])
+
+
+def test_bytes_beside_an_answer_go_where_its_call_asked() -> None:
+    into = memoryview(bytearray(8))
+    wire = b"".join(bytes(piece) for piece in protocol.encode({"id": 4, "result": {"data": b"abc"}}))
+    frames = Frames(1 << 20, lambda request_id: into if request_id == 4 else None)
+    ((kind, frame_id, message, data),) = list(frames.feed(wire))
+    assert (kind, frame_id, json.loads(message)) == (protocol.BLOB, 4, {"id": 4, "result": {}})
+    assert data is not None and data.obj is into.obj and bytes(into[:3]) == b"abc" and len(data) == 3
 
 
 @pytest.mark.parametrize(("header", "what"), [
@@ -138,5 +150,5 @@ def test_frames_carry_messages_and_bytes_beside_them_unchanged() -> None:
 ])
 def test_a_frame_too_long_or_unknown_is_refused_at_its_header(header: bytes, what: str) -> None:
     with pytest.raises(Violation) as refused:
-        list(_Frames(1 << 20).feed(header))
+        list(Frames(1 << 20, lambda request_id: None).feed(header))
     assert what in refused.value.what

@@ -16,7 +16,7 @@ import os
 import stat
 import tempfile
 from collections import OrderedDict
-from typing import IO, Any, Dict, Optional
+from typing import IO, Any, Callable, Dict, Optional, TypeVar
 
 from .file_guards import VitalPaths, bounded_reader
 from .file_text import decode_text, read_lines, sniff_mime
@@ -34,6 +34,7 @@ CHUNK_MAX = 4 << 20
 OPEN_MAX = 64
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+T = TypeVar("T")
 
 
 def _umask() -> int:
@@ -84,6 +85,21 @@ def decode_base64(text: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise AgentError("INVALID_ARGUMENT", "content is not valid base64 (%s); encode the bytes with base64" % exc)
+
+
+async def _in_thread(operation: Callable[..., T], fd: int, *args: Any) -> T:
+    """A chunk's disk I/O in a thread, so that the channel moves the next chunk meanwhile. On a
+    descriptor of its own: the file may be closed (a cancelled transfer) while the thread runs,
+    and its number must not then reach another file."""
+    own = os.dup(fd)
+
+    def run() -> T:
+        try:
+            return operation(own, *args)
+        finally:
+            os.close(own)
+
+    return await asyncio.get_running_loop().run_in_executor(None, run)
 
 
 class _Write:
@@ -174,7 +190,7 @@ class Files:
         self._writes[handle] = _Write(target, temp, os.fdopen(fd, "wb"), mode)
         return {"handle": handle, "path": target}
 
-    def write_chunk(self, params: Dict[str, Any]) -> Dict[str, Any]:
+    async def write_chunk(self, params: Dict[str, Any]) -> Dict[str, Any]:
         data = params.get("data")
         if not isinstance(data, memoryview):  # the bytes beside the message (protocol.py)
             raise AgentError("INVALID_ARGUMENT", "a file chunk comes as bytes beside its message")
@@ -188,7 +204,7 @@ class Files:
                 raise AgentError("INVALID_ARGUMENT", "no file being written with handle %r" % params.get("handle"))
             try:
                 write.file.flush()
-                os.pwrite(write.file.fileno(), data, int(offset))
+                await _in_thread(os.pwrite, write.file.fileno(), data, int(offset))
             except OSError as exc:
                 raise os_error(exc, write.target)
             write.written += len(data)
@@ -311,13 +327,13 @@ class Files:
             raise read_error(exc, path)
         return {"handle": handle, "path": path, "size": size, "mime_type": sniff_mime(path, head)}
 
-    def read_chunk(self, params: Dict[str, Any]) -> Dict[str, Any]:
+    async def read_chunk(self, params: Dict[str, Any]) -> Dict[str, Any]:
         f = self._reads.get(str(params.get("handle")))
         if f is None:
             raise AgentError("INVALID_ARGUMENT", "no open file with handle %r" % params.get("handle"))
         size = min(int(params.get("size") or CHUNK_MAX), CHUNK_MAX)
         try:
-            data = os.pread(f.fileno(), size, int(params.get("offset") or 0))
+            data = await _in_thread(os.pread, f.fileno(), size, int(params.get("offset") or 0))
         except OSError as exc:
             raise read_error(exc, "the open file %s" % params.get("handle"))
         return {"data": data}  # bytes, sent beside the answer as they are

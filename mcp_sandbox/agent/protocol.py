@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import struct
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
 
 from .api import CANCEL, STREAM_CHUNK, Stream
+from .channel_io import FdReader, FdWriter
 
 HEADER = struct.Struct(">BII")
 LENGTH = struct.Struct(">I")
@@ -82,7 +82,9 @@ def encode(message: Dict[str, Any], errors: str = "surrogateescape") -> List[Byt
     outer = dict(message)
     outer[key] = dict((name, value) for name, value in inner.items() if name != "data")  # type: ignore[union-attr]
     head = _json(outer, errors)
-    return [HEADER.pack(BLOB, 0, LENGTH.size + len(head) + len(data)) + LENGTH.pack(len(head)) + head, data]
+    # The header names the request, so that the host can read the bytes to where that call wants them.
+    header = HEADER.pack(BLOB, message.get("id") or 0, LENGTH.size + len(head) + len(data))
+    return [header + LENGTH.pack(len(head)) + head, data]
 
 
 def decode_blob(payload: Bytes) -> Dict[str, Any]:
@@ -116,18 +118,14 @@ class Connection:
         self._notifications = notifications or {}
         self._max_line = max_line
         self._tasks: Dict[int, "asyncio.Task[None]"] = {}
-        self._writer: Optional[asyncio.StreamWriter] = None
+        self._writer: Optional[FdWriter] = None
         self._out_buffer: List[bytes] = []
 
     async def serve(self) -> None:
         """Serve until the host closes its end of the channel."""
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=1 << 30)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(self._in_fd, "rb", 0))
-        transport, protocol = await loop.connect_write_pipe(
-            asyncio.streams.FlowControlMixin, os.fdopen(self._out_fd, "wb", 0)
-        )
-        self._writer = asyncio.StreamWriter(transport, protocol, None, loop)
+        reader = FdReader(self._in_fd)
+        self._writer = FdWriter(self._out_fd)
         for early in self._out_buffer:
             self._writer.write(early)
         self._out_buffer.clear()
@@ -135,7 +133,7 @@ class Connection:
             try:
                 kind, stream, length = HEADER.unpack(await reader.readexactly(HEADER.size))
                 payload = await reader.readexactly(length)
-            except asyncio.IncompleteReadError:
+            except EOFError:
                 return
             if kind == DATA:
                 on_data = self._notifications.get(Stream.DATA)
@@ -206,7 +204,7 @@ class Connection:
     def _write(self, pieces: List[Bytes]) -> None:
         if self._writer is None:
             self._out_buffer.extend(bytes(piece) for piece in pieces)
-        elif not self._writer.transport.is_closing():
+        else:
             for piece in pieces:
                 self._writer.write(piece)
 

@@ -10,7 +10,7 @@ import socket
 from typing import Any
 
 import anyio
-from anyio.abc import ByteStream, SocketStream
+from anyio.abc import ByteStream
 
 logger = logging.getLogger(__name__)
 
@@ -38,19 +38,54 @@ class ContainerStream(ByteStream):
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         while not self._stdout:
-            try:
-                chunk = await self._raw.receive()
-            except anyio.EndOfStream:
-                self._flush_stderr()
-                if not self._spoke and self.silent_end:
-                    logger.warning("%s: %s", self._name, self.silent_end)
-                raise
-            self._parse(chunk)
+            self._parse(await self._raw_receive())
         data = bytes(self._stdout[:max_bytes])
         del self._stdout[:max_bytes]
         return data
 
-    def _parse(self, chunk: bytes) -> None:
+    async def receive_into(self, view: memoryview) -> int:
+        """Read stdout into ``view`` (channel.py uses it): the payload of a stdout frame straight
+        from the socket where it can, else through the parser."""
+        receive_into = getattr(self._raw, "receive_into", None)
+        while not self._stdout:
+            if receive_into is None or self._buffer:
+                self._parse(await self._raw_receive())
+            elif self._frame_left == 0:  # only the next header: the payload may go straight
+                header = memoryview(bytearray(8))
+                n = await self._raw_receive_into(receive_into, header)
+                self._parse(header[:n])
+            elif self._frame_stream == 1:
+                n = await self._raw_receive_into(receive_into, view[: min(len(view), self._frame_left)])
+                self._frame_left -= n
+                self._spoke = True
+                return n
+            else:
+                self._parse(await self._raw_receive())
+        n = min(len(view), len(self._stdout))
+        view[:n] = self._stdout[:n]
+        del self._stdout[:n]
+        return n
+
+    async def _raw_receive(self) -> bytes:
+        try:
+            return await self._raw.receive(1 << 20)
+        except anyio.EndOfStream:
+            self._ended()
+            raise
+
+    async def _raw_receive_into(self, receive_into: Any, view: memoryview) -> int:
+        try:
+            return int(await receive_into(view))
+        except anyio.EndOfStream:
+            self._ended()
+            raise
+
+    def _ended(self) -> None:
+        self._flush_stderr()
+        if not self._spoke and self.silent_end:
+            logger.warning("%s: %s", self._name, self.silent_end)
+
+    def _parse(self, chunk: bytes | memoryview) -> None:
         buffer = self._buffer
         buffer += chunk
         while buffer:
@@ -60,6 +95,8 @@ class ContainerStream(ByteStream):
                 self._frame_stream = buffer[0]
                 self._frame_left = int.from_bytes(buffer[4:8], "big")
                 del buffer[:8]
+                if self._frame_stream == 1 and self._frame_left:
+                    self._spoke = True
                 continue
             n = min(self._frame_left, len(buffer))
             if self._frame_stream == 1:
@@ -132,6 +169,60 @@ class BlockingSocketStream(ByteStream):
         self._sock.close()
 
 
+class PolledSocketStream(ByteStream):
+    """A socket the event loop polls, read into the caller's buffers (receive_into) and written
+    from them, without the copies of anyio's socket streams."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._closed = False
+
+    async def receive_into(self, view: memoryview) -> int:
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            try:
+                n = self._sock.recv_into(view)
+            except BlockingIOError:
+                await anyio.wait_readable(self._sock)
+                continue
+            except OSError as exc:
+                raise anyio.BrokenResourceError from exc
+            if n == 0:
+                raise anyio.EndOfStream
+            return n
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        buffer = bytearray(max_bytes)
+        n = await self.receive_into(memoryview(buffer))
+        del buffer[n:]
+        return bytes(buffer)
+
+    async def send(self, item: bytes | bytearray | memoryview) -> None:
+        view = memoryview(item).cast("B")
+        while view:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            try:
+                n = self._sock.send(view)
+            except BlockingIOError:
+                await anyio.wait_writable(self._sock)
+                continue
+            except OSError as exc:
+                raise anyio.BrokenResourceError from exc
+            view = view[n:]
+
+    async def send_eof(self) -> None:
+        self._sock.shutdown(socket.SHUT_WR)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            anyio.notify_closing(self._sock)
+            self._sock.close()
+
+
 async def wrap_attach_socket(sock: Any) -> ByteStream:
     """Turn the SDK's attach socket into an anyio stream, natively where the loop can poll it."""
     inner = getattr(sock, "_sock", sock)
@@ -140,5 +231,5 @@ async def wrap_attach_socket(sock: Any) -> ByteStream:
         # it is collected.
         own = socket.socket(fileno=os.dup(inner.fileno()))
         sock.close()
-        return await SocketStream.from_socket(own)
+        return PolledSocketStream(own)
     return BlockingSocketStream(inner)

@@ -17,7 +17,6 @@ import os
 import shutil
 import signal
 import stat
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from ..sizes import parse_size
 from . import bwrap, cgroups, slirp
 from .base import AgentConfig, SandboxSpec
 from .hostuser import current_user, resolve_user
+from .pipes import PipeReceiveStream, PipeSendStream
 from .ownership import owner_file_alive, server_alive, server_name, write_owner
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,8 @@ def _owner(pid: str) -> int | None:
 @dataclass
 class LocalAgent:
     process: Process
+    to_agent: PipeSendStream  # the channel: the agent's stdin
+    from_agent: PipeReceiveStream  # and its stdout
     directory: Path
     isolation: str
     workspace: str
@@ -90,13 +92,11 @@ class LocalAgent:
 
     @property
     def receive(self) -> ByteReceiveStream:
-        assert self.process.stdout is not None
-        return self.process.stdout
+        return self.from_agent
 
     @property
     def send(self) -> ByteSendStream:
-        assert self.process.stdin is not None
-        return self.process.stdin
+        return self.to_agent
 
     async def destroy(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -117,6 +117,8 @@ class LocalAgent:
             if self.cgroup is not None:
                 await anyio.to_thread.run_sync(self.cgroup.remove)
             await self.process.aclose()
+            await self.to_agent.aclose()
+            await self.from_agent.aclose()
             await anyio.to_thread.run_sync(remove_tree, self.directory)
 
 
@@ -234,13 +236,26 @@ class LocalBackend:
         if cgroup is not None:
             command = cgroups.GATE + command
         handle: LocalAgent | None = None
+        # The channel's pipes are our own (pipes.py), not the subprocess streams.
+        stdin_r, stdin_w = os.pipe()
+        stdout_r, stdout_w = os.pipe()
+        to_agent, from_agent = PipeSendStream(stdin_w), PipeReceiveStream(stdout_r)
         try:
-            process = await anyio.open_process(
-                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, start_new_session=True,
-                env={"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"}, pass_fds=pass_fds,
-            )
+            try:
+                process = await anyio.open_process(
+                    command, stdin=stdin_r, stdout=stdout_w, stderr=None, start_new_session=True,
+                    env={"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"}, pass_fds=pass_fds,
+                )
+            except BaseException:
+                await to_agent.aclose()
+                await from_agent.aclose()
+                raise
+            finally:
+                os.close(stdin_r)
+                os.close(stdout_w)
             handle = LocalAgent(
-                process, directory, self.isolation, workspace, cgroup, disk=DiskBudget(directory, self.disk_budget)
+                process, to_agent, from_agent, directory, self.isolation, workspace, cgroup,
+                disk=DiskBudget(directory, self.disk_budget),
             )
             if cgroup is not None:
                 cgroup.join(process.pid)
