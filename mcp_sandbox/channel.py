@@ -31,6 +31,8 @@ ERROR_CODES = frozenset(get_args(ErrorCode))
 # Notifications held for a caller that has not taken them yet (progress: a few a second).
 NOTIFICATIONS_QUEUED = 16
 CANCEL_TIMEOUT = 5.0
+# How long a frame that has begun to go out may take to finish (see _write_frame).
+FRAME_TIMEOUT = 10.0
 
 
 class _Call:
@@ -46,14 +48,14 @@ class _Call:
 
 class AgentChannel:
     """The host's end. Everything the agent sends is checked before it is used: what a well-behaved
-    agent never sends (an unreadable or over-long line, an answer to no request, a malformed
+    agent never sends (an unreadable or over-long message, an answer to no request, a malformed
     message) closes the channel, which ends this sandbox and nothing else."""
 
-    def __init__(self, receive: ByteReceiveStream, send: ByteSendStream, name: str, max_line: int) -> None:
+    def __init__(self, receive: ByteReceiveStream, send: ByteSendStream, name: str, max_message: int) -> None:
         self._receive = receive
         self._send = send
         self._name = name
-        self._max_line = max_line
+        self._max_message = max_message
         self._send_lock = anyio.Lock()
         self._pending: dict[int, _Call] = {}
         self._next_id = 0
@@ -77,7 +79,7 @@ class AgentChannel:
                 self.close("the sandbox's agent stopped (the sandbox was destroyed or crashed)")
 
     async def _read(self) -> None:
-        frames = Frames(self._max_line, self._sink)
+        frames = Frames(self._max_message, self._sink)
         # A stream that reads into our buffers (backends/pipes.py) gets big payloads read straight
         # into theirs, and the rest into one scratch buffer: no copies beyond those.
         receive_into: Callable[[memoryview], Awaitable[int]] | None = getattr(self._receive, "receive_into", None)
@@ -105,7 +107,7 @@ class AgentChannel:
             except Violation as exc:
                 logger.warning(
                     "%s: the agent broke the channel protocol (%s%s); stopping the sandbox",
-                    self._name, exc.what, f": {exc.line[:100]!r}" if exc.line else "",
+                    self._name, exc.what, f": {exc.raw!r}" if exc.raw else "",
                 )
                 self.close(f"the sandbox's agent broke the channel protocol ({exc.what}), so the sandbox was stopped")
 
@@ -117,28 +119,28 @@ class AgentChannel:
         call = self._pending.get(request_id)
         return call.into if call is not None else None
 
-    def _dispatch(self, line: bytearray, frame_id: int, data: memoryview | None) -> None:
+    def _dispatch(self, raw: bytearray, frame_id: int, data: memoryview | None) -> None:
         """Pass one message to the call it belongs to; cheap type checks only (the hot path).
         ``data``: the bytes beside an answer (a BLOB frame), whose header named its request."""
         try:
-            message = json.loads(line)
+            message = json.loads(raw)
         except (ValueError, RecursionError):
-            raise Violation("an unreadable message", line) from None
+            raise Violation("an unreadable message", raw) from None
         if type(message) is not dict:
-            raise Violation("a message that is not a JSON object", line)
+            raise Violation("a message that is not a JSON object", raw)
         request_id = message.get("id")
         if data is not None:
             if request_id != frame_id or type(message.get("result")) is not dict:
-                raise Violation("bytes beside a message that is no answer, or another request's", line)
+                raise Violation("bytes beside a message that is no answer, or another request's", raw)
             message["result"]["data"] = data
         if request_id is None and message.get("method") in STREAM_MESSAGES:
-            self._stream_message(message, line)
+            self._stream_message(message, raw)
             return
         if request_id is None:  # a notification: {"method": m, "params": {"id": n, ...}}
             params = message.get("params")
-            if type(message.get("method")) is not str or type(params) is not dict or len(line) > NOTIFICATION_MAX:
-                raise Violation("a malformed notification", line)
-            call = self._pending.get(self._issued(params.get("id"), line))
+            if type(message.get("method")) is not str or type(params) is not dict or len(raw) > NOTIFICATION_MAX:
+                raise Violation("a malformed notification", raw)
+            call = self._pending.get(self._issued(params.get("id"), raw))
             if call is not None:
                 try:
                     call.notes.send_nowait(message)
@@ -149,24 +151,24 @@ class AgentChannel:
             error = message["error"]
             if "result" in message or type(error) is not dict or type(error.get("code")) is not str \
                     or type(error.get("message")) is not str:
-                raise Violation("a malformed error", line)
+                raise Violation("a malformed error", raw)
         elif type(message.get("result")) is not dict:
-            raise Violation("an answer without a result", line)
+            raise Violation("an answer without a result", raw)
         # Answers to calls that gave up (cancelled, past their deadline) still arrive: dropped.
-        call = self._pending.pop(self._issued(request_id, line), None)
+        call = self._pending.pop(self._issued(request_id, raw), None)
         if call is not None:
             call.answer = message
             call.notes.close()
 
-    def _stream_message(self, message: dict[str, Any], line: bytearray) -> None:
+    def _stream_message(self, message: dict[str, Any], raw: bytearray) -> None:
         params = message.get("params")
-        if type(params) is not dict or len(line) > NOTIFICATION_MAX:
-            raise Violation("a malformed stream message", line)
+        if type(params) is not dict or len(raw) > NOTIFICATION_MAX:
+            raise Violation("a malformed stream message", raw)
         self.streams.received(message["method"], params)
 
-    def _issued(self, request_id: Any, line: bytearray) -> int:
+    def _issued(self, request_id: Any, raw: bytearray) -> int:
         if type(request_id) is not int or not 0 < request_id <= self._next_id:
-            raise Violation("a message for a request that was never sent", line)
+            raise Violation("a message for a request that was never sent", raw)
         return request_id
 
     def close(self, reason: str) -> None:
@@ -249,10 +251,18 @@ class AgentChannel:
         await self._write_frame(encode(message, "surrogatepass"))
 
     async def _write_frame(self, pieces: list[bytes | bytearray | memoryview]) -> None:
+        """Write one frame whole. A frame cut in the middle would garble every later one, so once
+        it has the channel it is finished even if its caller gives up meanwhile; an agent that
+        takes nothing for FRAME_TIMEOUT no longer reads, and its sandbox is ended."""
         try:
             async with self._send_lock:
-                for piece in pieces:
-                    await self._send.send(piece)  # type: ignore[arg-type]  # any bytes-like goes
+                with anyio.CancelScope(shield=True), anyio.fail_after(FRAME_TIMEOUT):
+                    for piece in pieces:
+                        await self._send.send(piece)  # type: ignore[arg-type]  # any bytes-like goes
+        except TimeoutError:
+            logger.warning("%s: the agent takes no requests any more; stopping the sandbox", self._name)
+            self.close("the sandbox's agent stopped taking requests, so the sandbox was stopped")
+            raise SandboxError("BACKEND_UNAVAILABLE", f"{self._closed_reason}; create a new sandbox") from None
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             self.close("the sandbox's agent is gone")
             raise SandboxError("BACKEND_UNAVAILABLE", "the sandbox's agent is gone; create a new sandbox") from exc

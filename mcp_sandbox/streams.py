@@ -27,12 +27,12 @@ StreamHandler = Callable[[ByteStream], Awaitable[None]]
 
 class Violation(Exception):
     """Something a well-behaved agent never sends: the channel can no longer be trusted.
-    ``what`` is for the caller; ``line``, the start of the offending message, only for the log."""
+    ``what`` is for the caller; ``raw``, the start of the offending message, only for the log."""
 
-    def __init__(self, what: str, line: bytes | bytearray = b"") -> None:
+    def __init__(self, what: str, raw: bytes | bytearray = b"") -> None:
         super().__init__(what)
         self.what = what
-        self.line = bytes(line[:100])
+        self.raw = bytes(raw[:100])
 
 
 class Poster(Protocol):
@@ -103,6 +103,10 @@ class ChannelStream(ByteStream):
     async def receive(self, max_bytes: int = 65536) -> bytes:
         if self._closed:
             raise anyio.ClosedResourceError
+        if self._taken >= STREAM_WINDOW // 4 and not self._eof_received and self._broken is None:
+            # Credit for what was taken, before taking more: a cancel here loses nothing.
+            await self._post({"method": Stream.CREDIT, "params": {"stream": self.id, "bytes": self._taken}})
+            self._taken = 0
         while not self._inbox:
             self._check()
             if self._eof_received:
@@ -115,9 +119,6 @@ class ChannelStream(ByteStream):
         data = bytes(view)
         self._inbox_bytes -= len(data)
         self._taken += len(data)
-        if self._taken >= STREAM_WINDOW // 4 and not self._eof_received and self._broken is None:
-            taken, self._taken = self._taken, 0
-            await self._post({"method": Stream.CREDIT, "params": {"stream": self.id, "bytes": taken}})
         return data
 
     async def send(self, item: bytes | bytearray | memoryview) -> None:
@@ -131,11 +132,16 @@ class ChannelStream(ByteStream):
                     await self._wake.wait()
                 self._check()
                 n = min(self._credit, STREAM_CHUNK, len(view))
-                self._credit -= n
+                self._credit -= n  # before: the agent may credit it back as soon as it is out
                 try:
                     await self._owner.channel.post_data(self.id, view[:n])
                 except SandboxError as exc:
                     raise anyio.BrokenResourceError(exc.message) from None
+                except BaseException:
+                    # Cancelled while it waited for the channel: a frame that started goes out
+                    # whole (channel.py), and then no cancel comes from there.
+                    self._credit += n
+                    raise
                 view = view[n:]
 
     async def send_eof(self) -> None:

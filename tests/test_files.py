@@ -328,3 +328,15 @@ async def test_100_mb_through_the_python_api_in_chunks(tmp_path: Path) -> None:
         async for chunk in sandbox.read_file_chunks(written.path):
             total += len(chunk)
         assert total == size
+
+
+async def test_a_file_that_shrinks_while_it_is_read_ends_where_it_ends(tmp_path: Path) -> None:
+    """The chunks are read into one buffer; a file cut short meanwhile gives what it still has."""
+    async with SandboxManager(settings_for("none", tmp_path / "sandboxes")) as manager:
+        sandbox = await manager.create()
+        data = os.urandom(3 << 20)
+        written = await sandbox.write_file("shrinks.bin", data)
+        opened = await sandbox.call("file_read_open", {"path": written.path})
+        await sandbox.exec(f"truncate -s {(3 << 20) // 2 + 5} {written.path}")
+        back = await sandbox._read_into(opened["handle"], 0, opened["size"], None)
+        assert bytes(back) == data[: (3 << 20) // 2 + 5]

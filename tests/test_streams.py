@@ -105,7 +105,7 @@ async def test_echo_of_5_mb_both_ways(manager_factory: Any) -> None:
         assert (await sandbox.exec("echo fine")).stdout == "fine\n"
 
 
-async def test_twenty_streams_at_once_and_one_closed_midway(manager_factory: Any) -> None:
+async def test_twenty_streams_at_once_one_closed_midway_and_a_call_beside(manager_factory: Any) -> None:
     async with sandbox_of(manager_factory) as (_, sandbox):
         port = await server(sandbox, "echo")
         results: dict[int, bytes] = {}
@@ -123,9 +123,16 @@ async def test_twenty_streams_at_once_and_one_closed_midway(manager_factory: Any
             with pytest.raises(anyio.ClosedResourceError):
                 await stream.receive()
 
+        async def meanwhile() -> None:  # busy streams do not hold up tool calls
+            await anyio.sleep(0.2)
+            started = time.monotonic()
+            assert (await sandbox.exec("echo meanwhile")).stdout == "meanwhile\n"
+            assert time.monotonic() - started < 10
+
         with anyio.fail_after(60):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(aborted)
+                tg.start_soon(meanwhile)
                 for i in payloads:
                     tg.start_soon(one, i)
         assert results == payloads
@@ -216,3 +223,23 @@ async def test_streams_end_when_their_sandbox_is_destroyed(manager_factory: Any)
         with pytest.raises(SandboxError) as gone:
             await sandbox.open_stream(port)
         assert gone.value.code == "BACKEND_UNAVAILABLE"
+
+
+async def test_calls_cancelled_mid_transfer_leave_the_channel_whole(manager_factory: Any) -> None:
+    """A frame is never cut in the middle: big writes cancelled at any moment, and the channel
+    still carries everything else correctly."""
+    async with sandbox_of(manager_factory) as (_, sandbox):
+        port = await server(sandbox, "echo")
+        data = os.urandom(20 * MB)
+        with anyio.fail_after(60):  # a garbled channel would hang
+            for delay in (0.01, 0.05, 0.2):
+                with anyio.move_on_after(delay):
+                    await sandbox.write_file("cancelled.bin", data)
+                stream = await sandbox.open_stream(port)
+                with anyio.move_on_after(delay):
+                    await stream.send(data)
+                await stream.aclose()
+                assert (await sandbox.exec("echo whole")).stdout == "whole\n"
+            small = os.urandom(3 * MB)
+            await sandbox.write_file("after.bin", small)
+            assert await sandbox.read_file_bytes("after.bin") == small

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, TypedDict
 
 # Bumped when a message changes shape; the host refuses an agent that speaks another version
 # (an old bundle in an image, a mismatched install).
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: binary frames (protocol.py), streams
 
 
 class Method:

@@ -194,20 +194,16 @@ class Files:
         data = params.get("data")
         if not isinstance(data, memoryview):  # the bytes beside the message (protocol.py)
             raise AgentError("INVALID_ARGUMENT", "a file chunk comes as bytes beside its message")
-        offset = params.get("offset")
-        if offset is None:
-            self._append(params.get("handle"), data)
-        else:
-            # The host sends several chunks at once; each says where it goes.
-            write = self._writes.get(str(params.get("handle")))
-            if write is None:
-                raise AgentError("INVALID_ARGUMENT", "no file being written with handle %r" % params.get("handle"))
-            try:
-                write.file.flush()
-                await _in_thread(os.pwrite, write.file.fileno(), data, int(offset))
-            except OSError as exc:
-                raise os_error(exc, write.target)
-            write.written += len(data)
+        # The host sends several chunks at once; each says where it goes.
+        write = self._writes.get(str(params.get("handle")))
+        if write is None:
+            raise AgentError("INVALID_ARGUMENT", "no file being written with handle %r" % params.get("handle"))
+        try:
+            write.file.flush()
+            await _in_thread(os.pwrite, write.file.fileno(), data, int(params.get("offset") or 0))
+        except OSError as exc:
+            raise os_error(exc, write.target)
+        write.written += len(data)
         return {"bytes": len(data)}
 
     def _append(self, handle: Any, data: "bytes | memoryview") -> None:
