@@ -155,15 +155,21 @@ async def test_allow_hosts_narrows_the_servers_list(mcp_with: Any, backend: str,
         await mcp("write_file", path="client.py", content=CLIENT, sandbox_id=whole)
         assert (await client_in(mcp, whole, "plain", other))[0] == "200 OK"
         assert (await mcp("sandbox_info", sandbox_id=whole))["network"]["allow_hosts"] == ["127.0.0.1"]
-        # Full network is no proxy, and allow_hosts does not go with it.
+        # allow_hosts does not go with full network.
         assert "pass one of them" in await mcp.error("create_sandbox", network=True, allow_hosts=["127.0.0.1"])
-        full = (await mcp("create_sandbox", network=True))["sandbox_id"]
-        assert (await mcp("sandbox_info", sandbox_id=full))["network"]["mode"] == "full"
-        assert (await mcp.sh("echo ${HTTP_PROXY:-unset}", sandbox_id=full))["stdout"] == "unset\n"
     async with mcp_with() as mcp:  # no allow-list: nothing to narrow, and no proxy
         assert "no egress allow-list" in await mcp.error("create_sandbox", allow_hosts=["127.0.0.1"])
         assert (await mcp("sandbox_info"))["network"] == {"mode": "none", "allow_hosts": [], "blocked": []}
         assert (await mcp.sh("echo ${HTTP_PROXY:-unset}"))["stdout"] == "unset\n"
+
+
+@pytest.mark.parametrize("backend", ["docker"])  # the engine's bridge network
+async def test_full_network_beside_an_allow_list_has_no_proxy(mcp_with: Any, backend: str) -> None:
+    require_backend(backend)
+    async with mcp_with(allow_hosts=["127.0.0.1"], network=True) as mcp:
+        full = (await mcp("create_sandbox", network=True))["sandbox_id"]
+        assert (await mcp("sandbox_info", sandbox_id=full))["network"] == {"mode": "full", "allow_hosts": [], "blocked": []}
+        assert (await mcp.sh("echo ${HTTP_PROXY:-unset}", sandbox_id=full))["stdout"] == "unset\n"
 
 
 async def client_in(mcp: Tools, sandbox_id: str, mode: str, port: int) -> list[str]:
