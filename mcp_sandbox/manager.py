@@ -25,6 +25,8 @@ from .agent.names import env_problem
 from .agent.protocol import line_limit
 from .backends.base import AgentConfig, Backend, SandboxSpec
 from .channel import AgentChannel
+from .egress.rules import AllowList
+from .egress.sandboxes import EgressProxies
 from .errors import SandboxError
 from .models import Limits
 from .ports import ExposedPorts
@@ -65,6 +67,7 @@ class SandboxManager:
         self._spares_starting = 0
         self._stopping = False
         self.ports = ExposedPorts(self.settings)  # the sandboxes' exposed ports (expose_port)
+        self.egress = EgressProxies(self.settings.allow_hosts, self.settings.inject_headers)
 
     @property
     def backend(self) -> Backend:
@@ -106,8 +109,11 @@ class SandboxManager:
                     await self.destroy_all()
                 task_group.cancel_scope.cancel()
 
-    async def create(self, *, env: dict[str, str] | None = None, network: bool = False) -> Sandbox:
-        """A new sandbox for the tenant of the request being served."""
+    async def create(
+        self, *, env: dict[str, str] | None = None, network: bool = False, allow_hosts: list[str] | None = None
+    ) -> Sandbox:
+        """A new sandbox for the tenant of the request being served; ``allow_hosts`` narrows the
+        server's egress allow-list for it."""
         tenant = self._tenant()
         problem = env_problem(env)  # they become every session's first export lines
         if problem is not None:
@@ -118,6 +124,7 @@ class SandboxManager:
                 "the server runs the most sandboxes it allows (--max-sandboxes); destroy one you no longer need",
             )
         network = bool(network and self.settings.network)
+        allow = self.egress.allow_list(allow_hosts, network)
         if not env and not network:
             while self._spares:
                 sandbox = self._spares.pop(0)
@@ -125,12 +132,13 @@ class SandboxManager:
                     continue  # it died while it waited; its watcher cleans up
                 sandbox.created_at = sandbox.last_used_at = time.time()
                 sandbox.tenant = tenant  # warm ones are fresh: any tenant may have one
+                self.egress.narrow(sandbox.id, allow)
                 self.sandboxes[sandbox.id] = sandbox
                 self._refill_spares()
                 self._log_start("created", sandbox, f" for tenant {tenant} (a warm one)")
                 return sandbox
         try:
-            return await self._start(env, network, tenant=tenant)
+            return await self._start(env, network, tenant=tenant, allow=allow)
         finally:
             self._refill_spares()
 
@@ -156,17 +164,26 @@ class SandboxManager:
         else:
             self._spares.append(sandbox)
 
-    async def _start(self, env: dict[str, str] | None, network: bool, *, tenant: str | None) -> Sandbox:
+    async def _start(
+        self, env: dict[str, str] | None, network: bool, *, tenant: str | None, allow: AllowList | None = None
+    ) -> Sandbox:
         """Start a sandbox for a tenant and wait for its agent; registered at once unless it is a
         spare (tenant None)."""
         spare = tenant is None
         if self._task_group is None:
             raise RuntimeError("SandboxManager is not running; use 'async with SandboxManager(...)'")
         sandbox_id = "sbx_" + secrets.token_hex(8)
-        handle = await self.backend.start(
-            SandboxSpec(sandbox_id=sandbox_id, env=dict(env or {}), network=network, tenant=tenant or ""),
-            AgentConfig.from_settings(self.settings),
-        )
+        # The proxy's variables come last: a sandbox's own HTTP_PROXY would lead nowhere.
+        unisolated = getattr(self.backend, "isolation", "none") == "none"  # the proxy then runs on the host
+        env = {**(env or {}), **self.egress.prepare(sandbox_id, allow, network, unisolated)}
+        try:
+            handle = await self.backend.start(
+                SandboxSpec(sandbox_id=sandbox_id, env=env, network=network, tenant=tenant or ""),
+                AgentConfig.from_settings(self.settings),
+            )
+        except BaseException:
+            self.egress.discard(sandbox_id)
+            raise
         channel = AgentChannel(handle.receive, handle.send, sandbox_id, line_limit(self.settings.max_output))
         sandbox = Sandbox(
             sandbox_id, self.backend.name, handle, channel, network, command_timeout=self.settings.command_timeout
@@ -188,6 +205,11 @@ class SandboxManager:
         if problem is not None:
             await self._discard(sandbox)
             raise SandboxError("BACKEND_UNAVAILABLE", f"the sandbox agent cannot be used: {problem}; reinstall mcp-sandbox")
+        try:
+            await self.egress.start(sandbox)
+        except BaseException:
+            await self._discard(sandbox)
+            raise
         self._log_start("started warm" if spare else "created", sandbox, "" if spare else f" for tenant {tenant}")
         return sandbox
 
@@ -330,6 +352,7 @@ class SandboxManager:
     async def _remove(self, sandbox: Sandbox) -> None:
         with anyio.CancelScope(shield=True):
             await self.ports.close_sandbox(sandbox.id)
+            self.egress.discard(sandbox.id)
             sandbox.channel.close("the sandbox was destroyed")
             await sandbox.handle.destroy()
 

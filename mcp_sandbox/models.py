@@ -32,12 +32,11 @@ class Limits(BaseModel):
     enforced: Enforced | None = Field(None, description="Which of memory, cpus, pids and disk hold on this host.")
 
 
-class SandboxCreated(BaseModel):
+class SandboxBase(BaseModel):
     sandbox_id: str
     backend: str
     isolation: str = Field(description="docker, bwrap or none (unisolated).")
     workspace: str = Field(description="Absolute path of the workspace inside the sandbox.")
-    network: bool
 
 
 class ExposedPort(BaseModel):
@@ -54,7 +53,27 @@ class PortUnexposed(BaseModel):
     unexposed: bool = True
 
 
-class SandboxInfo(SandboxCreated):
+class SandboxCreated(SandboxBase):
+    network: bool = Field(description="Full network access (not the egress allow-list's proxy).")
+
+
+class BlockedRequest(BaseModel):
+    host: str
+    port: int
+    at: datetime
+
+
+class NetworkInfo(BaseModel):
+    mode: Literal["none", "proxy", "full"] = Field(
+        description="none: no network; proxy: only allow_hosts, through the proxy that HTTP_PROXY and "
+        "HTTPS_PROXY name; full: unrestricted."
+    )
+    allow_hosts: list[str] = Field(description="The hosts the proxy lets through (mode proxy).")
+    blocked: list[BlockedRequest] = Field(description="The latest requests the proxy denied, newest first (at most 50).")
+
+
+class SandboxInfo(SandboxBase):
+    network: NetworkInfo
     created_at: datetime
     idle_expires_at: datetime
     sessions: list[str]

@@ -6,8 +6,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
+from .egress.broker import parse_injection
+from .egress.rules import AllowList
 from .mounts import Mount, parse_mount
 from .sizes import parse_size
 
@@ -47,6 +49,21 @@ class Settings(BaseModel):
         json_schema_extra={"flag": "--mount", "separator": ";"},
     )
     network: bool = Field(False, description="Allow sandboxes network access (off by default).")
+    allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Egress allow-list: a host sandboxes may reach through a proxy inside each one (without "
+        "full --network), as example.org, *.example.com, an IP address, each optionally :port; repeatable; "
+        "in the environment separated by ','.",
+        json_schema_extra={"flag": "--allow-host", "separator": ","},
+    )
+    inject_headers: list[str] = Field(
+        default_factory=list,
+        description="Credential brokering: HOST_PATTERN:Header-Name=VALUE, or =env:NAME to read the value from "
+        "the server's environment; the egress proxy adds the header to HTTPS requests to matching allowed "
+        "hosts (terminating TLS for them with a CA of this server that isolated sandboxes trust), so the value "
+        "never enters a sandbox; repeatable; in the environment separated by ';'. Needs --allow-host.",
+        json_schema_extra={"flag": "--inject-header", "separator": ";"},
+    )
     memory: str = Field(
         "2g", description="Memory limit per sandbox (Docker; local sandboxes through cgroups where the host has them)."
     )
@@ -88,6 +105,24 @@ class Settings(BaseModel):
         if isinstance(value, list):
             return [parse_mount(v) if isinstance(v, str) else v for v in value]
         return value
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        return AllowList.parse(value).texts  # ValueError says which pattern is wrong
+
+    @field_validator("inject_headers")
+    @classmethod
+    def _injections(cls, value: list[str]) -> list[str]:
+        for text in value:
+            parse_injection(text)  # ValueError says which is wrong (never with its value)
+        return value
+
+    @model_validator(mode="after")
+    def _injections_need_an_allow_list(self) -> Settings:
+        if self.inject_headers and not self.allow_hosts:
+            raise ValueError("--inject-header needs --allow-host: headers go only to allowed hosts")
+        return self
 
     @field_validator("memory", "disk")
     @classmethod

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from ..errors import SandboxError
 from ..manager import SandboxManager
-from ..models import Destroyed, ExposedPort, Limits, SandboxCreated, SandboxInfo
+from ..models import Destroyed, ExposedPort, Limits, NetworkInfo, SandboxCreated, SandboxInfo
 from .common import CREATES, DESTRUCTIVE, READ_ONLY, Env, SandboxId, result, tool_errors, with_settings
 
 
@@ -28,6 +28,14 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         network: Annotated[
             bool, Field(description="Give the sandbox network access (only if the server was started with --network).")
         ] = False,
+        allow_hosts: Annotated[
+            list[str] | None,
+            Field(
+                description="Narrow the server's egress allow-list (--allow-host) for this sandbox: the hosts "
+                "its proxy lets through (example.org, *.example.com, an IP address, each optionally :port), "
+                "each within the server's list; [] allows none."
+            ),
+        ] = None,
     ) -> Annotated[CallToolResult, SandboxCreated]:
         """Create a new, empty sandbox and return its sandbox_id.
 
@@ -35,22 +43,27 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         (HTTP). Pass the returned sandbox_id to every other tool. A sandbox is destroyed after
         {idle_timeout} without a tool call, and all of them when the server stops.
         """
-        sandbox = await manager.create(env=env, network=network)
+        sandbox = await manager.create(env=env, network=network, allow_hosts=allow_hosts)
         model = SandboxCreated(
             sandbox_id=sandbox.id, backend=sandbox.backend, isolation=sandbox.isolation,
             workspace=sandbox.workspace, network=sandbox.network,
         )
+        net = NetworkInfo.model_validate(manager.egress.info(sandbox))
+        reach = {"full": "network on", "none": "network off"}.get(
+            net.mode, f"network only to {', '.join(net.allow_hosts) or 'no host'}, through the proxy in HTTP_PROXY"
+        )
         return result(
             model,
             f"Created sandbox {sandbox.id} ({sandbox.backend}, isolation {sandbox.isolation}); "
-            f"workspace {sandbox.workspace}; network {'on' if sandbox.network else 'off'}.",
+            f"workspace {sandbox.workspace}; {reach}.",
         )
 
     @server.tool(annotations=READ_ONLY)
     @tool_errors
     async def sandbox_info(sandbox_id: SandboxId = None) -> Annotated[CallToolResult, SandboxInfo]:
-        """Describe a sandbox: backend, isolation, workspace path, its sessions, processes,
-        code contexts and exposed ports, when it expires, and the limits in force."""
+        """Describe a sandbox: backend, isolation, workspace path, its network (and the requests
+        its egress proxy denied), its sessions, processes, code contexts and exposed ports, when
+        it expires, and the limits in force."""
         sandbox = await manager.get(sandbox_id)
         sessions = await sandbox.list_sessions()
         processes = await sandbox.list_processes()
@@ -58,7 +71,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         settings = manager.settings
         model = SandboxInfo(
             sandbox_id=sandbox.id, backend=sandbox.backend, isolation=sandbox.isolation,
-            workspace=sandbox.workspace, network=sandbox.network,
+            workspace=sandbox.workspace, network=NetworkInfo.model_validate(manager.egress.info(sandbox)),
             created_at=timestamp(sandbox.created_at),
             idle_expires_at=timestamp(sandbox.last_used_at) + timedelta(seconds=settings.idle_timeout),
             sessions=[s.session_id for s in sessions.sessions],
