@@ -1,38 +1,420 @@
-"""Many sandboxes alive at once, and what they cost the server."""
+"""Many sandboxes alive at once over MCP, and what they cost: time to create them, memory per
+sandbox, the server's RSS, and exec latency with many concurrent callers across them.
+
+    python -m bench.scale [--backend bwrap|docker] [--sandboxes N] [--callers 50] [--idle-wait S] [--json]
+
+Memory per sandbox is the PSS (``/proc/<pid>/smaps_rollup``) summed over the sandbox's processes:
+for the local backend the tree under each of the server's sandbox processes (bubblewrap's and all
+inside); for Docker the tree under each container's init as the host sees it, with the engine's
+own cost (one containerd shim per container, and the growth of dockerd and containerd) apart.
+With ``--idle-wait`` it is read again once the sandboxes have been idle that long (sessions idle
+for a minute keep no standby bash).
+
+A run is bounded (a deadline, a check of the memory available before it starts) and removes
+everything it made, also when it fails: the server destroys its sandboxes when its client goes,
+and the run then removes what would still be there (its workspace root, its containers).
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
 import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import anyio
+from mcp.client import Client
+from mcp.client.stdio import StdioServerParameters
 
 from .config import Config
-from .harness import Report, Row, mcp_sandbox, memory_kb
+from .harness import BIN, Report, Row, Server, find_pid, memory_kb
+
+CREATE_PARALLEL = 32  # creations in flight at once: enough to keep 2 cores busy
+# What a run may assume a sandbox costs at most, to refuse a run the machine cannot hold.
+BUDGET_PER_SANDBOX_KB = {"bwrap": 40 * 1024, "none": 40 * 1024, "docker": 80 * 1024}
+
+
+@dataclass
+class Figures:
+    backend: str
+    sandboxes: int
+    create_s: float = 0.0  # all of them, CREATE_PARALLEL at a time, each with one exec
+    create_p50_ms: float = 0.0
+    create_p99_ms: float = 0.0
+    pss_kb: list[int] = field(default_factory=list)  # per sandbox, just after its exec
+    idle_pss_kb: list[int] = field(default_factory=list)  # per sandbox, after --idle-wait
+    processes: float = 0.0  # per sandbox, on average
+    engine_kb: float = 0.0  # per container: its shim's PSS and the engine's growth (Docker)
+    server_rss_kb: int = 0
+    server_rss_one_kb: int = 0  # with one sandbox
+    server_threads: int = 0
+    callers: int = 0
+    execs: int = 0
+    exec_ok: int = 0
+    exec_p50_ms: float = 0.0
+    exec_p99_ms: float = 0.0
+    exec_per_s: float = 0.0
+    server_cpu_ms_per_exec: float = 0.0  # the server's own CPU time per exec in the latency run
+    sandbox_cpu_ms_per_exec: float = 0.0  # the local sandboxes' (agent and bash)
+    host_cpu_ms_per_exec: float = 0.0  # the whole host's (everything else running here included)
+
+    @property
+    def pss_mb(self) -> float:
+        return statistics.mean(self.pss_kb) / 1024 if self.pss_kb else 0.0
+
+    @property
+    def idle_pss_mb(self) -> float:
+        return statistics.mean(self.idle_pss_kb) / 1024 if self.idle_pss_kb else 0.0
+
+
+# ---------------------------------------------------------------------------- process memory
+
+
+def children_by_parent() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])  # the command name may hold spaces
+        kids.setdefault(ppid, []).append(int(name))
+    return kids
+
+
+def tree(pid: int, kids: dict[int, list[int]]) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(kids.get(p, ()))
+    return found
+
+
+def pss_kb(pid: int) -> int:
+    """Proportional set size: a page shared by n processes counts 1/n in each."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:  # gone meanwhile
+        pass
+    return 0
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def local_sandbox_roots(server_pid: int, kids: dict[int, list[int]]) -> list[int]:
+    """The server's children that are sandboxes: bubblewrap, the cgroup gate before it, or (without
+    isolation) the agent."""
+    return [p for p in kids.get(server_pid, ()) if any(m in cmdline(p) for m in ("bwrap", "mcp-sandbox-gate", "agent.main"))]
+
+
+def local_memory(server_pid: int) -> tuple[list[int], float]:
+    """PSS per sandbox (kB) and processes per sandbox."""
+    kids = children_by_parent()
+    trees = [tree(root, kids) for root in local_sandbox_roots(server_pid, kids)]
+    return [sum(pss_kb(p) for p in t) for t in trees], statistics.mean(len(t) for t in trees) if trees else 0.0
+
+
+def docker_memory(sandbox_ids: list[str]) -> tuple[list[int], float, list[int]]:
+    """PSS per container (its processes as the host sees them), processes per container, and the
+    PSS of each container's shim."""
+    import docker
+
+    client = docker.from_env()
+    kids = children_by_parent()
+    per, counts, shims = [], [], []
+    for sid in sandbox_ids:
+        pid = client.api.inspect_container(f"mcp-sandbox-{sid}")["State"]["Pid"]
+        if not pid:
+            continue
+        procs = tree(pid, kids)
+        per.append(sum(pss_kb(p) for p in procs))
+        counts.append(len(procs))
+        shims.append(pss_kb(parent_of(pid)))
+    return per, statistics.mean(counts) if counts else 0.0, shims
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    return int(stat[stat.rindex(")") + 2:].split()[1])
+
+
+def engine_rss_kb() -> int:
+    """dockerd's and containerd's RSS together (0 where they are not visible)."""
+    total = 0
+    for name in os.listdir("/proc"):
+        if name.isdigit() and cmdline(int(name)).split(" ")[0].rsplit("/", 1)[-1] in ("dockerd", "containerd"):
+            try:
+                total += memory_kb(int(name))
+            except (OSError, KeyError):
+                pass
+    return total
+
+
+def threads(pid: int) -> int:
+    return memory_kb(pid, "Threads")
+
+
+def cpu_ms(pid: int, children: bool = False) -> float:
+    """The CPU time (user and system) a process used so far; with ``children``, also that of
+    the children it waited for."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    used = sum(int(v) for v in fields[11:15 if children else 13])
+    return used * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def sandboxes_cpu_ms(server_pid: int) -> float:
+    """The CPU time of the local sandboxes' processes, those they waited for included."""
+    kids = children_by_parent()
+    return sum(cpu_ms(p, children=True) for root in local_sandbox_roots(server_pid, kids) for p in tree(root, kids))
+
+
+def host_cpu_ms() -> float:
+    """The CPU time all processes of the host used so far (not idle, not waiting)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+@asynccontextmanager
+async def server_for(backend: str, count: int) -> AsyncIterator[tuple[Server, Path]]:
+    """The real server over stdio, allowed ``count`` sandboxes and one more (the default one); and
+    whatever it leaves, removed afterwards."""
+    root = Path(os.environ.get("TMPDIR", "/tmp")) / f"mcp-sandbox-scale-{uuid.uuid4().hex[:8]}"
+    backend_args = ["--backend", "docker"] if backend == "docker" else ["--backend", "local", "--isolation", backend]
+    params = StdioServerParameters(
+        command=str(BIN / "mcp-sandbox"),
+        args=[*backend_args, "--workspace-root", str(root), "--log-level", "WARNING",
+              "--max-sandboxes", str(count + 1)],
+        env={k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "MCP_SANDBOX_IMAGE")},
+    )
+    pids: list[int] = []
+    try:
+        async with Client(params) as client:
+            pids.append(find_pid(f"--workspace-root {root}"))
+            yield Server(client, pids[0]), root
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(leftovers_removed, root, backend, pids)
+
+
+def leftovers_removed(root: Path, backend: str, server_pids: list[int]) -> None:
+    """What the server did not remove: its containers (labelled with its pid), its directory."""
+    if backend == "docker" and server_pids:
+        import docker
+
+        client = docker.from_env()
+        for container in client.api.containers(all=True, filters={"label": "mcp-sandbox.managed=true"}):
+            owner = (container.get("Labels") or {}).get("mcp-sandbox.server", "")
+            if owner.split(":")[1:2] == [str(server_pids[0])]:
+                client.api.remove_container(container["Id"], force=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def check_room(backend: str, count: int) -> None:
+    need = count * BUDGET_PER_SANDBOX_KB[backend]
+    available = memory_kb_of_host("MemAvailable")
+    if need > available * 0.7:
+        raise SystemExit(f"refusing: {count} {backend} sandboxes may need {need // 1024} MB, "
+                         f"and only {available // 1024} MB are available")
+
+
+def memory_kb_of_host(key: str) -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+async def measure(backend: str, count: int, callers: int = 50, execs: int | None = None,
+                  idle_wait: float = 0.0, deadline: float | None = None) -> Figures:
+    check_room(backend, count)
+    figures = Figures(backend, count, callers=callers)
+    deadline = deadline or 300 + count * 1.0 + idle_wait
+    with anyio.fail_after(deadline):
+        async with server_for(backend, count) as (server, _root):
+            await server.call("exec", command="true")
+            figures.server_rss_one_kb = memory_kb(server.pid)
+            engine_before = engine_rss_kb() if backend == "docker" else 0
+            ids: list[str] = []
+            create_ms: list[float] = []
+            limiter = anyio.CapacityLimiter(CREATE_PARALLEL)
+
+            async def create() -> None:
+                async with limiter:
+                    started = time.perf_counter()
+                    sid = (await server.call("create_sandbox"))["sandbox_id"]
+                    out = await server.call("exec", command="echo hi", sandbox_id=sid)
+                    create_ms.append((time.perf_counter() - started) * 1000)
+                    ids.append(sid)
+                    if out["stdout"] != "hi\n":
+                        raise RuntimeError(f"exec in {sid} printed {out['stdout']!r}")
+
+            started = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for _ in range(count):
+                    tg.start_soon(create)
+            figures.create_s = time.perf_counter() - started
+            figures.create_p50_ms = percentile(create_ms, 0.5)
+            figures.create_p99_ms = percentile(create_ms, 0.99)
+            await read_memory(figures, backend, server.pid, ids, idle=False)
+            if backend == "docker":
+                figures.engine_kb += (engine_rss_kb() - engine_before) / count
+            figures.server_rss_kb = memory_kb(server.pid)
+            figures.server_threads = threads(server.pid)
+            await exec_latency(figures, server, ids, callers, execs or max(count, 1000))
+            if idle_wait:
+                await anyio.sleep(idle_wait)
+                await read_memory(figures, backend, server.pid, ids, idle=True)
+    return figures
+
+
+async def read_memory(figures: Figures, backend: str, server_pid: int, ids: list[str], *, idle: bool) -> None:
+    if backend == "docker":
+        per, procs, shims = await anyio.to_thread.run_sync(docker_memory, ids)
+        if not idle:
+            figures.engine_kb = statistics.mean(shims) if shims else 0.0
+    else:
+        per, procs = await anyio.to_thread.run_sync(local_memory, server_pid)
+        # The default sandbox (one exec before the others) is one of the server's too: drop the
+        # first reading only if there is one more than we made.
+        per = per[-len(ids):] if len(per) > len(ids) else per
+    if idle:
+        figures.idle_pss_kb = per
+    else:
+        figures.pss_kb, figures.processes = per, procs
+
+
+async def exec_latency(figures: Figures, server: Server, ids: list[str], callers: int, execs: int) -> None:
+    """``execs`` calls of exec by ``callers`` concurrent callers, each going round its share of
+    the sandboxes."""
+    samples: list[float] = []
+    failures: list[str] = []  # a tool error, or an exec that did not print what it should
+
+    async def caller(number: int) -> None:
+        mine = ids[number::callers] or ids
+        for i in range(number, execs, callers):
+            sid = mine[(i // callers) % len(mine)]
+            started = time.perf_counter()
+            try:
+                out = await server.call("exec", command="echo hi", sandbox_id=sid)
+            except RuntimeError as exc:
+                failures.append(str(exc))
+                continue
+            samples.append((time.perf_counter() - started) * 1000)
+            if out["stdout"] != "hi\n":
+                failures.append(f"{sid}: {out['stdout']!r}")
+
+    server_cpu, host_cpu, sandboxes_cpu = cpu_ms(server.pid), host_cpu_ms(), sandboxes_cpu_ms(server.pid)
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for number in range(callers):
+            tg.start_soon(caller, number)
+    elapsed = time.perf_counter() - started
+    figures.server_cpu_ms_per_exec = (cpu_ms(server.pid) - server_cpu) / execs
+    figures.host_cpu_ms_per_exec = (host_cpu_ms() - host_cpu) / execs
+    figures.sandbox_cpu_ms_per_exec = (sandboxes_cpu_ms(server.pid) - sandboxes_cpu) / execs
+    figures.execs, figures.exec_ok = execs, execs - len(failures)
+    figures.exec_p50_ms = percentile(samples, 0.5)
+    figures.exec_p99_ms = percentile(samples, 0.99)
+    figures.exec_per_s = len(samples) / elapsed
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {execs} execs failed, e.g. {failures[0]}")
+
+
+# ---------------------------------------------------------------------------- reporting
+
+
+def rows(f: Figures) -> list[Row]:
+    b, n = f.backend, f.sandboxes
+    found = [
+        Row(f"{n} sandboxes created, {CREATE_PARALLEL} at a time, one exec each ({b})", f.create_s * 1000,
+            note=f"(each {f.create_p50_ms:.0f} ms p50, {f.create_p99_ms:.0f} ms p99)"),
+        Row(f"memory per sandbox, PSS of its processes ({b})", f.pss_mb, unit="MB", target="<= 6 MB",
+            note=f"({f.processes:.1f} processes each)"),
+    ]
+    if f.idle_pss_kb:
+        found.append(Row(f"memory per sandbox once idle ({b})", f.idle_pss_mb, unit="MB", target="<= 6 MB"))
+    if b == "docker":
+        found.append(Row(f"engine's own memory per container ({b})", f.engine_kb / 1024, unit="MB",
+                         note="(its shim's PSS and dockerd's and containerd's growth)"))
+    found += [
+        Row(f"server RSS with {n} sandboxes ({b})", f.server_rss_kb / 1024, unit="MB", target="<= 250 MB",
+            note=f"(+{(f.server_rss_kb - f.server_rss_one_kb) / 1024:.1f} MB over one; {f.server_threads} threads)"),
+        Row(f"exec p50, {f.callers} callers across {n} sandboxes ({b})", f.exec_p50_ms,
+            note=f"({f.exec_per_s:.0f} execs/s; CPU per exec: server {f.server_cpu_ms_per_exec:.1f} ms, "
+                 f"sandbox {f.sandbox_cpu_ms_per_exec:.1f} ms, "
+                 f"host {f.host_cpu_ms_per_exec:.1f} ms)"),
+        Row(f"exec p99, {f.callers} callers across {n} sandboxes ({b})", f.exec_p99_ms, target="<= 100 ms"),
+    ]
+    return found
 
 
 async def many_sandboxes(report: Report, cfg: Config, backend: str) -> None:
-    count = cfg.many_sandboxes
-    async with mcp_sandbox(backend, "--max-sandboxes", str(count + 1)) as server:
-        await server.call("exec", command="true")
-        before = memory_kb(server.pid)
-        ids: list[str] = []
-        started = time.perf_counter()
+    count = cfg.many_containers if backend == "docker" else cfg.many_sandboxes
+    figures = await measure(backend, count, callers=min(50, max(1, count)))
+    for row in rows(figures):
+        report.add(row)
 
-        async def create() -> None:
-            sid = (await server.call("create_sandbox"))["sandbox_id"]
-            await server.call("exec", command="echo hi", sandbox_id=sid)
-            ids.append(sid)
 
-        async with anyio.create_task_group() as tg:
-            for _ in range(count):
-                tg.start_soon(create)
-        elapsed = (time.perf_counter() - started) * 1000
-        after = memory_kb(server.pid)
-        started = time.perf_counter()
-        for sid in ids:
-            await server.call("exec", command="echo hi", sandbox_id=sid)
-        per_exec = (time.perf_counter() - started) * 1000 / count
-    report.add(Row(f"{count} sandboxes created in parallel ({backend})", elapsed))
-    report.add(Row(f"server RSS with {count} sandboxes alive ({backend})", after / 1024, unit="MB",
-                   note=f"(+{(after - before) / 1024:.1f} MB over one)"))
-    report.add(Row(f"exec round trip with {count} sandboxes alive ({backend})", per_exec))
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=["bwrap", "none", "docker"], default="bwrap")
+    parser.add_argument("--sandboxes", type=int, help="how many (default: 1000 local, 200 docker)")
+    parser.add_argument("--callers", type=int, default=50, help="concurrent exec callers")
+    parser.add_argument("--execs", type=int, help="exec calls in the latency run (default: max(N, 1000))")
+    parser.add_argument("--idle-wait", type=float, default=0.0, help="read memory again after this many idle seconds")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON, not a table")
+    args = parser.parse_args()
+    cfg = Config()
+    os.environ.setdefault("MCP_SANDBOX_IMAGE", cfg.image)
+    count = args.sandboxes or (cfg.many_containers if args.backend == "docker" else cfg.many_sandboxes)
+    figures = anyio.run(lambda: measure(args.backend, count, args.callers, args.execs, args.idle_wait))
+    if args.json:
+        print(json.dumps({**asdict(figures), "pss_mb": figures.pss_mb, "idle_pss_mb": figures.idle_pss_mb}))
+    else:
+        report = Report()
+        for row in rows(figures):
+            report.add(row)
+        print()
+        print(report.table())
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
