@@ -55,6 +55,7 @@ class Figures:
     pss_kb: list[int] = field(default_factory=list)  # per sandbox, just after its exec
     idle_pss_kb: list[int] = field(default_factory=list)  # per sandbox, after --idle-wait
     processes: float = 0.0  # per sandbox, on average
+    idle_processes: float = 0.0
     engine_kb: float = 0.0  # per container: its shim's PSS and the engine's growth (Docker)
     server_rss_kb: int = 0
     server_rss_one_kb: int = 0  # with one sandbox
@@ -68,6 +69,7 @@ class Figures:
     exec_per_s: float = 0.0
     server_cpu_ms_per_exec: float = 0.0  # the server's own CPU time per exec in the latency run
     sandbox_cpu_ms_per_exec: float = 0.0  # the local sandboxes' (agent and bash)
+    client_cpu_ms_per_exec: float = 0.0  # this benchmark's own (the MCP client), in the same run
     host_cpu_ms_per_exec: float = 0.0  # the whole host's (everything else running here included)
 
     @property
@@ -214,22 +216,22 @@ def percentile(samples: list[float], q: float) -> float:
 
 
 @asynccontextmanager
-async def server_for(backend: str, count: int) -> AsyncIterator[tuple[Server, Path]]:
-    """The real server over stdio, allowed ``count`` sandboxes and one more (the default one); and
-    whatever it leaves, removed afterwards."""
+async def server_for(backend: str, count: int) -> AsyncIterator[Server]:
+    """The real server over stdio, allowed ``count`` sandboxes; and whatever it leaves, removed
+    afterwards."""
     root = Path(os.environ.get("TMPDIR", "/tmp")) / f"mcp-sandbox-scale-{uuid.uuid4().hex[:8]}"
     backend_args = ["--backend", "docker"] if backend == "docker" else ["--backend", "local", "--isolation", backend]
     params = StdioServerParameters(
         command=str(BIN / "mcp-sandbox"),
         args=[*backend_args, "--workspace-root", str(root), "--log-level", "WARNING",
-              "--max-sandboxes", str(count + 1)],
+              "--max-sandboxes", str(count)],
         env={k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "MCP_SANDBOX_IMAGE")},
     )
     pids: list[int] = []
     try:
         async with Client(params) as client:
             pids.append(find_pid(f"--workspace-root {root}"))
-            yield Server(client, pids[0]), root
+            yield Server(client, pids[0])
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(leftovers_removed, root, backend, pids)
@@ -273,9 +275,7 @@ async def measure(backend: str, count: int, callers: int = 50, execs: int | None
     figures = Figures(backend, count, callers=callers)
     deadline = deadline or 300 + count * 1.0 + idle_wait
     with anyio.fail_after(deadline):
-        async with server_for(backend, count) as (server, _root):
-            await server.call("exec", command="true")
-            figures.server_rss_one_kb = memory_kb(server.pid)
+        async with server_for(backend, count) as server:
             engine_before = engine_rss_kb() if backend == "docker" else 0
             ids: list[str] = []
             create_ms: list[float] = []
@@ -292,8 +292,10 @@ async def measure(backend: str, count: int, callers: int = 50, execs: int | None
                         raise RuntimeError(f"exec in {sid} printed {out['stdout']!r}")
 
             started = time.perf_counter()
+            await create()
+            figures.server_rss_one_kb = memory_kb(server.pid)
             async with anyio.create_task_group() as tg:
-                for _ in range(count):
+                for _ in range(count - 1):
                     tg.start_soon(create)
             figures.create_s = time.perf_counter() - started
             figures.create_p50_ms = percentile(create_ms, 0.5)
@@ -320,11 +322,8 @@ async def read_memory(figures: Figures, backend: str, server_pid: int, ids: list
             figures.engine_kb = statistics.mean(shims) if shims else 0.0
     else:
         per, procs = await anyio.to_thread.run_sync(local_memory, server_pid)
-        # The default sandbox (one exec before the others) is one of the server's too: drop the
-        # first reading only if there is one more than we made.
-        per = per[-len(ids):] if len(per) > len(ids) else per
     if idle:
-        figures.idle_pss_kb = per
+        figures.idle_pss_kb, figures.idle_processes = per, procs
     else:
         figures.pss_kb, figures.processes = per, procs
 
@@ -350,6 +349,7 @@ async def exec_latency(figures: Figures, server: Server, ids: list[str], callers
                 failures.append(f"{sid}: {out['stdout']!r}")
 
     server_cpu, host_cpu, sandboxes_cpu = cpu_ms(server.pid), host_cpu_ms(), sandboxes_cpu_ms(server.pid)
+    client_cpu = cpu_ms(os.getpid())
     started = time.perf_counter()
     async with anyio.create_task_group() as tg:
         for number in range(callers):
@@ -357,6 +357,7 @@ async def exec_latency(figures: Figures, server: Server, ids: list[str], callers
     elapsed = time.perf_counter() - started
     figures.server_cpu_ms_per_exec = (cpu_ms(server.pid) - server_cpu) / execs
     figures.host_cpu_ms_per_exec = (host_cpu_ms() - host_cpu) / execs
+    figures.client_cpu_ms_per_exec = (cpu_ms(os.getpid()) - client_cpu) / execs
     figures.sandbox_cpu_ms_per_exec = (sandboxes_cpu_ms(server.pid) - sandboxes_cpu) / execs
     figures.execs, figures.exec_ok = execs, execs - len(failures)
     figures.exec_p50_ms = percentile(samples, 0.5)
@@ -378,7 +379,8 @@ def rows(f: Figures) -> list[Row]:
             note=f"({f.processes:.1f} processes each)"),
     ]
     if f.idle_pss_kb:
-        found.append(Row(f"memory per sandbox once idle ({b})", f.idle_pss_mb, unit="MB", target="<= 6 MB"))
+        found.append(Row(f"memory per sandbox once idle ({b})", f.idle_pss_mb, unit="MB", target="<= 6 MB",
+                         note=f"({f.idle_processes:.1f} processes each)"))
     if b == "docker":
         found.append(Row(f"engine's own memory per container ({b})", f.engine_kb / 1024, unit="MB",
                          note="(its shim's PSS and dockerd's and containerd's growth)"))
@@ -389,7 +391,7 @@ def rows(f: Figures) -> list[Row]:
         Row(f"exec p50, {f.callers} callers across {n} sandboxes ({b})", f.exec_p50_ms,
             note=f"({f.exec_per_s:.0f} execs/s; CPU per exec: server {f.server_cpu_ms_per_exec:.1f} ms, "
                  + (f"sandbox {f.sandbox_cpu_ms_per_exec:.1f} ms, " if b != "docker" else "")
-                 + f"host {f.host_cpu_ms_per_exec:.1f} ms)"),
+                 + f"client {f.client_cpu_ms_per_exec:.1f} ms, host {f.host_cpu_ms_per_exec:.1f} ms)"),
         Row(f"exec p99, {f.callers} callers across {n} sandboxes ({b})", f.exec_p99_ms, target="<= 100 ms"),
     ]
     return found
