@@ -37,6 +37,10 @@ from mcp.client.stdio import StdioServerParameters
 
 from .config import Config
 from .harness import BIN, Report, Row, Server, find_pid, memory_kb
+from .procs import (
+    cpu_ms, docker_memory, engine_rss_kb, host_cpu_ms, local_memory, memory_kb_of_host, percentile, sandboxes_cpu_ms,
+    threads,
+)
 
 IDLE_SAMPLE = 5.0  # seconds over which the server's CPU use is read while nothing is asked of it
 CREATE_PARALLEL = 32  # creations in flight at once: enough to keep 2 cores busy
@@ -49,6 +53,8 @@ BUDGET_PER_SANDBOX_KB = {"bwrap": 14 * 1024, "none": 14 * 1024, "docker": 28 * 1
 class Figures:
     backend: str
     sandboxes: int
+    created: int = 0  # with its exec answered as it should
+    errors: list[str] = field(default_factory=list)  # the first few failed creations or execs
     create_s: float = 0.0  # all of them, CREATE_PARALLEL at a time, each with one exec
     create_p50_ms: float = 0.0
     create_p99_ms: float = 0.0
@@ -79,137 +85,6 @@ class Figures:
     @property
     def idle_pss_mb(self) -> float:
         return statistics.mean(self.idle_pss_kb) / 1024 if self.idle_pss_kb else 0.0
-
-
-# ---------------------------------------------------------------------------- process memory
-
-
-def children_by_parent() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])  # the command name may hold spaces
-        kids.setdefault(ppid, []).append(int(name))
-    return kids
-
-
-def tree(pid: int, kids: dict[int, list[int]]) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        todo.extend(kids.get(p, ()))
-    return found
-
-
-def pss_kb(pid: int) -> int:
-    """Proportional set size: a page shared by n processes counts 1/n in each."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:  # gone meanwhile
-        pass
-    return 0
-
-
-def cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def local_sandbox_roots(server_pid: int, kids: dict[int, list[int]]) -> list[int]:
-    """The server's children that are sandboxes: bubblewrap, the cgroup gate before it, or (without
-    isolation) the agent."""
-    return [p for p in kids.get(server_pid, ()) if any(m in cmdline(p) for m in ("bwrap", "mcp-sandbox-gate", "agent.main"))]
-
-
-def local_memory(server_pid: int) -> tuple[list[int], float]:
-    """PSS per sandbox (kB) and processes per sandbox."""
-    kids = children_by_parent()
-    trees = [tree(root, kids) for root in local_sandbox_roots(server_pid, kids)]
-    return [sum(pss_kb(p) for p in t) for t in trees], statistics.mean(len(t) for t in trees) if trees else 0.0
-
-
-def docker_memory(sandbox_ids: list[str]) -> tuple[list[int], float, list[int]]:
-    """PSS per container (its processes as the host sees them), processes per container, and the
-    PSS of each container's shim."""
-    import docker
-
-    client = docker.from_env()
-    kids = children_by_parent()
-    per, counts, shims = [], [], []
-    for sid in sandbox_ids:
-        pid = client.api.inspect_container(f"mcp-sandbox-{sid}")["State"]["Pid"]
-        if not pid:
-            continue
-        procs = tree(pid, kids)
-        per.append(sum(pss_kb(p) for p in procs))
-        counts.append(len(procs))
-        shims.append(pss_kb(parent_of(pid)))
-    return per, statistics.mean(counts) if counts else 0.0, shims
-
-
-def parent_of(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    return int(stat[stat.rindex(")") + 2:].split()[1])
-
-
-def engine_rss_kb() -> int:
-    """dockerd's and containerd's RSS together (0 where they are not visible)."""
-    total = 0
-    for name in os.listdir("/proc"):
-        if name.isdigit() and cmdline(int(name)).split(" ")[0].rsplit("/", 1)[-1] in ("dockerd", "containerd"):
-            try:
-                total += memory_kb(int(name))
-            except (OSError, KeyError):
-                pass
-    return total
-
-
-def threads(pid: int) -> int:
-    return memory_kb(pid, "Threads")
-
-
-def cpu_ms(pid: int, children: bool = False) -> float:
-    """The CPU time (user and system) a process used so far; with ``children``, also that of
-    the children it waited for."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    used = sum(int(v) for v in fields[11:15 if children else 13])
-    return used * 1000 / os.sysconf("SC_CLK_TCK")
-
-
-def sandboxes_cpu_ms(server_pid: int) -> float:
-    """The CPU time of the local sandboxes' processes, those they waited for included."""
-    kids = children_by_parent()
-    return sum(cpu_ms(p, children=True) for root in local_sandbox_roots(server_pid, kids) for p in tree(root, kids))
-
-
-def host_cpu_ms() -> float:
-    """The CPU time all processes of the host used so far (not idle, not waiting)."""
-    with open("/proc/stat") as f:
-        ticks = [int(v) for v in f.readline().split()[1:]]
-    return (sum(ticks) - ticks[3] - ticks[4]) * 1000 / os.sysconf("SC_CLK_TCK")
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 # ---------------------------------------------------------------------------- the run
@@ -261,14 +136,6 @@ def check_room(backend: str, count: int) -> None:
                          f"and only {available // 1024} MB are available")
 
 
-def memory_kb_of_host(key: str) -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
-
-
 async def measure(backend: str, count: int, callers: int = 50, execs: int | None = None,
                   idle_wait: float = 0.0, deadline: float | None = None) -> Figures:
     check_room(backend, count)
@@ -284,12 +151,17 @@ async def measure(backend: str, count: int, callers: int = 50, execs: int | None
             async def create() -> None:
                 async with limiter:
                     started = time.perf_counter()
-                    sid = (await server.call("create_sandbox"))["sandbox_id"]
-                    out = await server.call("exec", command="echo hi", sandbox_id=sid)
+                    try:
+                        sid = (await server.call("create_sandbox"))["sandbox_id"]
+                        out = await server.call("exec", command="echo hi", sandbox_id=sid)
+                    except RuntimeError as exc:
+                        if len(figures.errors) < 10:
+                            figures.errors.append(str(exc))
+                        return
                     create_ms.append((time.perf_counter() - started) * 1000)
                     ids.append(sid)
                     if out["stdout"] != "hi\n":
-                        raise RuntimeError(f"exec in {sid} printed {out['stdout']!r}")
+                        figures.errors.append(f"exec in {sid} printed {out['stdout']!r}")
 
             started = time.perf_counter()
             await create()
@@ -298,6 +170,9 @@ async def measure(backend: str, count: int, callers: int = 50, execs: int | None
                 for _ in range(count - 1):
                     tg.start_soon(create)
             figures.create_s = time.perf_counter() - started
+            figures.created = len(ids)
+            if not ids:
+                raise RuntimeError(f"no sandbox started: {figures.errors[:3]}")
             figures.create_p50_ms = percentile(create_ms, 0.5)
             figures.create_p99_ms = percentile(create_ms, 0.99)
             await read_memory(figures, backend, server.pid, ids, idle=False)
@@ -332,7 +207,7 @@ async def exec_latency(figures: Figures, server: Server, ids: list[str], callers
     """``execs`` calls of exec by ``callers`` concurrent callers, each going round its share of
     the sandboxes."""
     samples: list[float] = []
-    failures: list[str] = []  # a tool error, or an exec that did not print what it should
+    failures = 0  # a tool error, or an exec that did not print what it should
 
     async def caller(number: int) -> None:
         mine = ids[number::callers] or ids
@@ -342,11 +217,17 @@ async def exec_latency(figures: Figures, server: Server, ids: list[str], callers
             try:
                 out = await server.call("exec", command="echo hi", sandbox_id=sid)
             except RuntimeError as exc:
-                failures.append(str(exc))
+                failed(str(exc))
                 continue
             samples.append((time.perf_counter() - started) * 1000)
             if out["stdout"] != "hi\n":
-                failures.append(f"{sid}: {out['stdout']!r}")
+                failed(f"exec in {sid} printed {out['stdout']!r}")
+
+    def failed(error: str) -> None:
+        nonlocal failures
+        failures += 1
+        if len(figures.errors) < 10:
+            figures.errors.append(error)
 
     server_cpu, host_cpu, sandboxes_cpu = cpu_ms(server.pid), host_cpu_ms(), sandboxes_cpu_ms(server.pid)
     client_cpu = cpu_ms(os.getpid())
@@ -359,12 +240,10 @@ async def exec_latency(figures: Figures, server: Server, ids: list[str], callers
     figures.host_cpu_ms_per_exec = (host_cpu_ms() - host_cpu) / execs
     figures.client_cpu_ms_per_exec = (cpu_ms(os.getpid()) - client_cpu) / execs
     figures.sandbox_cpu_ms_per_exec = (sandboxes_cpu_ms(server.pid) - sandboxes_cpu) / execs
-    figures.execs, figures.exec_ok = execs, execs - len(failures)
+    figures.execs, figures.exec_ok = execs, execs - failures
     figures.exec_p50_ms = percentile(samples, 0.5)
     figures.exec_p99_ms = percentile(samples, 0.99)
     figures.exec_per_s = len(samples) / elapsed
-    if failures:
-        raise RuntimeError(f"{len(failures)} of {execs} execs failed, e.g. {failures[0]}")
 
 
 # ---------------------------------------------------------------------------- reporting
@@ -373,7 +252,7 @@ async def exec_latency(figures: Figures, server: Server, ids: list[str], callers
 def rows(f: Figures) -> list[Row]:
     b, n = f.backend, f.sandboxes
     found = [
-        Row(f"{n} sandboxes created, {CREATE_PARALLEL} at a time, one exec each ({b})", f.create_s * 1000,
+        Row(f"{f.created} of {n} sandboxes created, {CREATE_PARALLEL} at a time, one exec each ({b})", f.create_s * 1000,
             note=f"(each {f.create_p50_ms:.0f} ms p50, {f.create_p99_ms:.0f} ms p99)"),
         Row(f"memory per sandbox, PSS of its processes ({b})", f.pss_mb, unit="MB", target="<= 6 MB",
             note=f"({f.processes:.1f} processes each)"),
@@ -389,7 +268,7 @@ def rows(f: Figures) -> list[Row]:
             note=f"(+{(f.server_rss_kb - f.server_rss_one_kb) / 1024:.1f} MB over one; {f.server_threads} threads)"),
         Row(f"server CPU with {n} idle sandboxes ({b})", f.server_idle_cpu * 100, unit="% of a core"),
         Row(f"exec p50, {f.callers} callers across {n} sandboxes ({b})", f.exec_p50_ms,
-            note=f"({f.exec_per_s:.0f} execs/s; CPU per exec: server {f.server_cpu_ms_per_exec:.1f} ms, "
+            note=f"({f.exec_ok} of {f.execs} right; {f.exec_per_s:.0f} execs/s; CPU per exec: server {f.server_cpu_ms_per_exec:.1f} ms, "
                  + (f"sandbox {f.sandbox_cpu_ms_per_exec:.1f} ms, " if b != "docker" else "")
                  + f"client {f.client_cpu_ms_per_exec:.1f} ms, host {f.host_cpu_ms_per_exec:.1f} ms)"),
         Row(f"exec p99, {f.callers} callers across {n} sandboxes ({b})", f.exec_p99_ms, target="<= 100 ms"),
@@ -399,7 +278,7 @@ def rows(f: Figures) -> list[Row]:
 
 async def many_sandboxes(report: Report, cfg: Config, backend: str) -> None:
     count = cfg.many_containers if backend == "docker" else cfg.many_sandboxes
-    figures = await measure(backend, count, callers=min(50, max(1, count)))
+    figures = await measure(backend, count, callers=min(50, count), execs=max(count, cfg.runs * 20))
     for row in rows(figures):
         report.add(row)
 
@@ -417,6 +296,8 @@ def main() -> None:
     os.environ.setdefault("MCP_SANDBOX_IMAGE", cfg.image)
     count = args.sandboxes or (cfg.many_containers if args.backend == "docker" else cfg.many_sandboxes)
     figures = anyio.run(lambda: measure(args.backend, count, args.callers, args.execs, args.idle_wait))
+    for error in figures.errors:
+        print("error:", error, file=sys.stderr)
     if args.json:
         print(json.dumps({**asdict(figures), "pss_mb": figures.pss_mb, "idle_pss_mb": figures.idle_pss_mb}))
     else:
