@@ -112,13 +112,20 @@ class DiskBudget:
         )
 
     async def measure(self) -> int:
-        self.used = await anyio.to_thread.run_sync(usage, self.directory)
+        return self._account(await anyio.to_thread.run_sync(usage, self.directory))
+
+    def _account(self, used: int) -> int:
+        self.used = used
         if self.used <= self.budget:
             self.over = None
             self._stopped_at = 0
         else:
             self.over = self.message()
         return self.used
+
+    def _sample(self) -> tuple[int, int]:
+        """The filesystem's used bytes, then the sandbox's."""
+        return filesystem_used(self.directory), usage(self.directory)
 
     async def check_room(self) -> None:
         """LIMIT_REACHED while the sandbox is over its budget (measured again first)."""
@@ -137,8 +144,8 @@ class DiskBudget:
     async def _watch(self, stop: Callable[[str], Awaitable[None]]) -> None:
         while True:
             started = time.monotonic()
-            baseline = await anyio.to_thread.run_sync(filesystem_used, self.directory)
-            await self.measure()
+            baseline, used = await anyio.to_thread.run_sync(self._sample)  # one thread hop, not two
+            self._account(used)
             took = time.monotonic() - started
             if self.over is not None and self.used > self._stopped_at + SLACK:
                 self._stopped_at = self.used

@@ -117,3 +117,4 @@ def test_an_idle_session_keeps_no_standby_bash_and_all_of_its_state(tmp_path: Pa
     # cwd, exported variable, function, alias and options (noglob: `*` stays as it is), and umask
     assert report["stdout"] == f"{tmp_path}/sub\na b\nfn\nalias\n*\n0027\n"
     assert report["again"], "once used again, the session has a standby again"
+
