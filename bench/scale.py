@@ -175,17 +175,19 @@ async def measure(backend: str, count: int, callers: int = 50, execs: int | None
                 raise RuntimeError(f"no sandbox started: {figures.errors[:3]}")
             figures.create_p50_ms = percentile(create_ms, 0.5)
             figures.create_p99_ms = percentile(create_ms, 0.99)
+            await exec_latency(figures, server, ids, callers, execs or max(count, 1000))
+            # Memory once every sandbox ran a command within the last seconds (creating them all
+            # may take longer than a minute, after which the first ones are idle already).
             await read_memory(figures, backend, server.pid, ids, idle=False)
             if backend == "docker":
                 figures.engine_kb += (engine_rss_kb() - engine_before) / count
             figures.server_rss_kb = memory_kb(server.pid)
+            figures.server_threads = threads(server.pid)
             idle_cpu = cpu_ms(server.pid)
             await anyio.sleep(IDLE_SAMPLE)
             figures.server_idle_cpu = (cpu_ms(server.pid) - idle_cpu) / (IDLE_SAMPLE * 1000)
-            figures.server_threads = threads(server.pid)
-            await exec_latency(figures, server, ids, callers, execs or max(count, 1000))
             if idle_wait:
-                await anyio.sleep(idle_wait)
+                await anyio.sleep(max(0.0, idle_wait - IDLE_SAMPLE))
                 await read_memory(figures, backend, server.pid, ids, idle=True)
     return figures
 
