@@ -65,18 +65,21 @@ def local_memory(server_pid: int) -> tuple[list[int], float]:
     return [sum(pss_kb(p) for p in t) for t in trees], statistics.mean(len(t) for t in trees) if trees else 0.0
 
 
-def docker_memory(sandbox_ids: list[str]) -> tuple[list[int], float, list[int]]:
-    """PSS per container (its processes as the host sees them), processes per container, and the
-    PSS of each container's shim."""
+def container_pids(sandbox_ids: list[str]) -> list[int]:
+    """The host pid of each sandbox's container's first process (where it runs)."""
     import docker
 
     client = docker.from_env()
+    pids = (client.api.inspect_container(f"mcp-sandbox-{sid}")["State"]["Pid"] for sid in sandbox_ids)
+    return [pid for pid in pids if pid]
+
+
+def docker_memory(sandbox_ids: list[str]) -> tuple[list[int], float, list[int]]:
+    """PSS per container (its processes as the host sees them), processes per container, and the
+    PSS of each container's shim."""
     kids = children_by_parent()
     per, counts, shims = [], [], []
-    for sid in sandbox_ids:
-        pid = client.api.inspect_container(f"mcp-sandbox-{sid}")["State"]["Pid"]
-        if not pid:
-            continue
+    for pid in container_pids(sandbox_ids):
         procs = tree(pid, kids)
         per.append(sum(pss_kb(p) for p in procs))
         counts.append(len(procs))
@@ -90,15 +93,20 @@ def parent_of(pid: int) -> int:
     return int(stat[stat.rindex(")") + 2:].split()[1])
 
 
+def engine_pids() -> list[int]:
+    """dockerd's and containerd's processes (none where they are not visible)."""
+    return [int(name) for name in os.listdir("/proc")
+            if name.isdigit() and cmdline(int(name)).split(" ")[0].rsplit("/", 1)[-1] in ("dockerd", "containerd")]
+
+
 def engine_rss_kb() -> int:
-    """dockerd's and containerd's RSS together (0 where they are not visible)."""
+    """dockerd's and containerd's RSS together."""
     total = 0
-    for name in os.listdir("/proc"):
-        if name.isdigit() and cmdline(int(name)).split(" ")[0].rsplit("/", 1)[-1] in ("dockerd", "containerd"):
-            try:
-                total += memory_kb(int(name))
-            except (OSError, KeyError):
-                pass
+    for pid in engine_pids():
+        try:
+            total += memory_kb(pid)
+        except (OSError, KeyError):
+            pass
     return total
 
 
@@ -118,10 +126,16 @@ def cpu_ms(pid: int, children: bool = False) -> float:
     return used * 1000 / os.sysconf("SC_CLK_TCK")
 
 
-def sandboxes_cpu_ms(server_pid: int) -> float:
-    """The CPU time of the local sandboxes' processes, those they waited for included."""
+def sandboxes_cpu_ms(server_pid: int, containers: list[int] | None = None) -> float:
+    """The CPU time of the sandboxes' processes, those they waited for included: the local ones
+    under the server, or the containers under these inits with their shims and the engine."""
     kids = children_by_parent()
-    return sum(cpu_ms(p, children=True) for root in local_sandbox_roots(server_pid, kids) for p in tree(root, kids))
+    if containers is None:
+        pids = [p for root in local_sandbox_roots(server_pid, kids) for p in tree(root, kids)]
+    else:
+        alive = [pid for pid in containers if os.path.exists(f"/proc/{pid}")]
+        pids = [p for pid in alive for p in tree(pid, kids)] + [parent_of(pid) for pid in alive] + engine_pids()
+    return sum(cpu_ms(p, children=True) for p in pids)
 
 
 def host_cpu_ms() -> float:
