@@ -62,7 +62,8 @@ def local_memory(server_pid: int) -> tuple[list[int], float]:
     """PSS per sandbox (kB) and processes per sandbox."""
     kids = children_by_parent()
     trees = [tree(root, kids) for root in local_sandbox_roots(server_pid, kids)]
-    return [sum(pss_kb(p) for p in t) for t in trees], statistics.mean(len(t) for t in trees) if trees else 0.0
+    per_tree = [sum(pss_kb(p) for p in t) for t in trees]
+    return per_tree, statistics.mean(len(t) for t in trees) if trees else 0.0
 
 
 def container_pids(sandbox_ids: list[str]) -> list[int]:

@@ -8,7 +8,8 @@ for the local backend the tree under each of the server's sandbox processes (bub
 inside); for Docker the tree under each container's init as the host sees it, with the engine's
 own cost (one containerd shim per container, and the growth of dockerd and containerd) apart.
 With ``--idle-wait`` it is read again once the sandboxes have been idle that long (sessions idle
-for a minute keep no standby bash).
+for a minute keep no standby bash). Creations and execs that fail are counted and shown, not
+fatal to the run.
 
 A run is bounded (a deadline, a check of the memory available before it starts) and removes
 everything it made, also when it fails: the server destroys its sandboxes when its client goes,
@@ -38,8 +39,8 @@ from mcp.client.stdio import StdioServerParameters
 from .config import Config
 from .harness import BIN, Report, Row, Server, find_pid, memory_kb
 from .procs import (
-    container_pids, cpu_ms, docker_memory, engine_rss_kb, host_cpu_ms, local_memory, memory_kb_of_host, percentile, sandboxes_cpu_ms,
-    threads,
+    container_pids, cpu_ms, docker_memory, engine_rss_kb, host_cpu_ms, local_memory, memory_kb_of_host, percentile,
+    sandboxes_cpu_ms, threads,
 )
 
 IDLE_SAMPLE = 5.0  # seconds over which the server's CPU use is read while nothing is asked of it
@@ -58,7 +59,7 @@ class Figures:
     create_s: float = 0.0  # all of them, CREATE_PARALLEL at a time, each with one exec
     create_p50_ms: float = 0.0
     create_p99_ms: float = 0.0
-    pss_kb: list[int] = field(default_factory=list)  # per sandbox, just after its exec
+    pss_kb: list[int] = field(default_factory=list)  # per sandbox, right after the exec run
     idle_pss_kb: list[int] = field(default_factory=list)  # per sandbox, after --idle-wait
     processes: float = 0.0  # per sandbox, on average
     idle_processes: float = 0.0
@@ -255,8 +256,8 @@ async def exec_latency(figures: Figures, server: Server, ids: list[str], callers
 def rows(f: Figures) -> list[Row]:
     b, n = f.backend, f.sandboxes
     found = [
-        Row(f"{f.created} of {n} sandboxes created, {CREATE_PARALLEL} at a time, one exec each ({b})", f.create_s * 1000,
-            note=f"(each {f.create_p50_ms:.0f} ms p50, {f.create_p99_ms:.0f} ms p99)"),
+        Row(f"{f.created} of {n} sandboxes created, {CREATE_PARALLEL} at a time, one exec each ({b})",
+            f.create_s * 1000, note=f"(each {f.create_p50_ms:.0f} ms p50, {f.create_p99_ms:.0f} ms p99)"),
         Row(f"memory per sandbox, PSS of its processes ({b})", f.pss_mb, unit="MB", target="<= 6 MB",
             note=f"({f.processes:.1f} processes each)"),
     ]
@@ -271,7 +272,8 @@ def rows(f: Figures) -> list[Row]:
             note=f"(+{(f.server_rss_kb - f.server_rss_one_kb) / 1024:.1f} MB over one; {f.server_threads} threads)"),
         Row(f"server CPU with {n} idle sandboxes ({b})", f.server_idle_cpu * 100, unit="% of a core"),
         Row(f"exec p50, {f.callers} callers across {n} sandboxes ({b})", f.exec_p50_ms,
-            note=f"({f.exec_ok} of {f.execs} right; {f.exec_per_s:.0f} execs/s; CPU per exec: server {f.server_cpu_ms_per_exec:.1f} ms, "
+            note=f"({f.exec_ok} of {f.execs} right; {f.exec_per_s:.0f} execs/s; "
+                 f"CPU per exec: server {f.server_cpu_ms_per_exec:.1f} ms, "
                  + f"sandbox {f.sandbox_cpu_ms_per_exec:.1f} ms" + (" with the engine, " if b == "docker" else ", ")
                  + f"client {f.client_cpu_ms_per_exec:.1f} ms, host {f.host_cpu_ms_per_exec:.1f} ms)"),
         Row(f"exec p99, {f.callers} callers across {n} sandboxes ({b})", f.exec_p99_ms, target="<= 100 ms"),
