@@ -118,3 +118,20 @@ def test_an_idle_session_keeps_no_standby_bash_and_all_of_its_state(tmp_path: Pa
     assert report["stdout"] == f"{tmp_path}/sub\na b\nfn\nalias\n*\n0027\n"
     assert report["again"], "once used again, the session has a standby again"
 
+
+
+def test_a_small_sandbox_is_measured_whole_and_a_big_one_is_refused_past_its_bound(tmp_path: Path) -> None:
+    """The disk budget measures a sandbox of a few files on the event loop (disk.py), so that walk
+    stops past its bound, and a bigger sandbox is measured in a thread, whatever its size."""
+    from mcp_sandbox.disk import TooMany, usage
+
+    (tmp_path / "small").mkdir()
+    (tmp_path / "small" / "a").write_bytes(b"x" * 10000)
+    assert usage(tmp_path / "small", most=64) == usage(tmp_path / "small") >= 10000
+    big = tmp_path / "big" / "deeper"
+    big.mkdir(parents=True)
+    for i in range(100):
+        (big / str(i)).write_bytes(b"x")
+    with pytest.raises(TooMany):
+        usage(tmp_path / "big", most=64)
+    assert usage(tmp_path / "big") >= 100 * 512
