@@ -1,38 +1,318 @@
-"""Many sandboxes alive at once, and what they cost the server."""
+"""Many sandboxes alive at once over MCP, and what they cost: time to create them, memory per
+sandbox, the server's RSS, and exec latency with many concurrent callers across them.
+
+    python -m bench.scale [--backend bwrap|docker] [--sandboxes N] [--callers 50] [--idle-wait S] [--json]
+
+Memory per sandbox is the PSS (``/proc/<pid>/smaps_rollup``) summed over the sandbox's processes:
+for the local backend the tree under each of the server's sandbox processes (bubblewrap's and all
+inside); for Docker the tree under each container's init as the host sees it, with the engine's
+own cost (one containerd shim per container, and the growth of dockerd and containerd) apart.
+With ``--idle-wait`` it is read again once the sandboxes have been idle that long (sessions idle
+for a minute keep no standby bash). Creations and execs that fail are counted and shown, not
+fatal to the run.
+
+A run is bounded (a deadline, a check of the memory available before it starts) and removes
+everything it made, also when it fails: the server destroys its sandboxes when its client goes,
+and the run then removes what would still be there (its workspace root, its containers).
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
 import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import anyio
+from mcp.client import Client
+from mcp.client.stdio import StdioServerParameters
 
 from .config import Config
-from .harness import Report, Row, mcp_sandbox, memory_kb
+from .harness import BIN, Report, Row, Server, find_pid, memory_kb
+from .procs import (
+    container_pids, cpu_ms, docker_memory, engine_rss_kb, host_cpu_ms, local_memory, memory_kb_of_host, percentile,
+    sandboxes_cpu_ms, threads,
+)
+
+IDLE_SAMPLE = 5.0  # seconds over which the server's CPU use is read while nothing is asked of it
+CREATE_PARALLEL = 32  # creations in flight at once: enough to keep 2 cores busy
+# What a run may assume a sandbox costs, with some margin (its processes, the kernel's part, the
+# server's), to refuse a run the machine cannot hold.
+BUDGET_PER_SANDBOX_KB = {"bwrap": 14 * 1024, "none": 14 * 1024, "docker": 28 * 1024}
+
+
+@dataclass
+class Figures:
+    backend: str
+    sandboxes: int
+    created: int = 0  # with its exec answered as it should
+    errors: list[str] = field(default_factory=list)  # the first few failed creations or execs
+    create_s: float = 0.0  # all of them, CREATE_PARALLEL at a time, each with one exec
+    create_p50_ms: float = 0.0
+    create_p99_ms: float = 0.0
+    pss_kb: list[int] = field(default_factory=list)  # per sandbox, right after the exec run
+    idle_pss_kb: list[int] = field(default_factory=list)  # per sandbox, after --idle-wait
+    processes: float = 0.0  # per sandbox, on average
+    idle_processes: float = 0.0
+    engine_kb: float = 0.0  # per container: its shim's PSS and the engine's growth (Docker)
+    server_rss_kb: int = 0
+    server_rss_one_kb: int = 0  # with one sandbox
+    server_threads: int = 0
+    server_idle_cpu: float = 0.0  # share of one core the server uses while the sandboxes are idle
+    callers: int = 0
+    execs: int = 0
+    exec_ok: int = 0
+    exec_p50_ms: float = 0.0
+    exec_p99_ms: float = 0.0
+    exec_per_s: float = 0.0
+    server_cpu_ms_per_exec: float = 0.0  # the server's own CPU time per exec in the latency run
+    sandbox_cpu_ms_per_exec: float = 0.0  # the sandboxes' (agent and bash; for Docker, and the engine)
+    client_cpu_ms_per_exec: float = 0.0  # this benchmark's own (the MCP client), in the same run
+    host_cpu_ms_per_exec: float = 0.0  # the whole host's (everything else running here included)
+
+    @property
+    def pss_mb(self) -> float:
+        return statistics.mean(self.pss_kb) / 1024 if self.pss_kb else 0.0
+
+    @property
+    def idle_pss_mb(self) -> float:
+        return statistics.mean(self.idle_pss_kb) / 1024 if self.idle_pss_kb else 0.0
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+@asynccontextmanager
+async def server_for(backend: str, count: int) -> AsyncIterator[Server]:
+    """The real server over stdio, allowed ``count`` sandboxes; and whatever it leaves, removed
+    afterwards."""
+    root = Path(os.environ.get("TMPDIR", "/tmp")) / f"mcp-sandbox-scale-{uuid.uuid4().hex[:8]}"
+    backend_args = ["--backend", "docker"] if backend == "docker" else ["--backend", "local", "--isolation", backend]
+    params = StdioServerParameters(
+        command=str(BIN / "mcp-sandbox"),
+        args=[*backend_args, "--workspace-root", str(root), "--log-level", "WARNING",
+              "--max-sandboxes", str(count)],
+        env={k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "MCP_SANDBOX_IMAGE")},
+    )
+    pids: list[int] = []
+    try:
+        async with Client(params) as client:
+            pids.append(find_pid(f"--workspace-root {root}"))
+            yield Server(client, pids[0])
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(leftovers_removed, root, backend, pids)
+
+
+def leftovers_removed(root: Path, backend: str, server_pids: list[int]) -> None:
+    """What the server did not remove: its containers (labelled with its pid), its directory."""
+    if backend == "docker" and server_pids:
+        import docker
+
+        client = docker.from_env()
+        for container in client.api.containers(all=True, filters={"label": "mcp-sandbox.managed=true"}):
+            owner = (container.get("Labels") or {}).get("mcp-sandbox.server", "")
+            if owner.split(":")[1:2] == [str(server_pids[0])]:
+                try:
+                    client.api.remove_container(container["Id"], force=True)
+                except docker.errors.APIError:  # being removed already (auto_remove)
+                    pass
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def check_room(backend: str, count: int) -> None:
+    need = count * BUDGET_PER_SANDBOX_KB[backend]
+    available = memory_kb_of_host("MemAvailable")
+    if need > available * 0.8:
+        raise SystemExit(f"refusing: {count} {backend} sandboxes may need {need // 1024} MB, "
+                         f"and only {available // 1024} MB are available")
+
+
+async def measure(backend: str, count: int, callers: int = 50, execs: int | None = None,
+                  idle_wait: float = 0.0, deadline: float | None = None) -> Figures:
+    check_room(backend, count)
+    figures = Figures(backend, count, callers=callers)
+    deadline = deadline or 300 + count * 1.0 + idle_wait
+    with anyio.fail_after(deadline):
+        async with server_for(backend, count) as server:
+            engine_before = engine_rss_kb() if backend == "docker" else 0
+            ids: list[str] = []
+            create_ms: list[float] = []
+            limiter = anyio.CapacityLimiter(CREATE_PARALLEL)
+
+            async def create() -> None:
+                async with limiter:
+                    started = time.perf_counter()
+                    try:
+                        sid = (await server.call("create_sandbox"))["sandbox_id"]
+                        out = await server.call("exec", command="echo hi", sandbox_id=sid)
+                    except RuntimeError as exc:
+                        if len(figures.errors) < 10:
+                            figures.errors.append(str(exc))
+                        return
+                    create_ms.append((time.perf_counter() - started) * 1000)
+                    ids.append(sid)
+                    if out["stdout"] != "hi\n":
+                        figures.errors.append(f"exec in {sid} printed {out['stdout']!r}")
+
+            started = time.perf_counter()
+            await create()
+            figures.server_rss_one_kb = memory_kb(server.pid)
+            async with anyio.create_task_group() as tg:
+                for _ in range(count - 1):
+                    tg.start_soon(create)
+            figures.create_s = time.perf_counter() - started
+            figures.created = len(ids)
+            if not ids:
+                raise RuntimeError(f"no sandbox started: {figures.errors[:3]}")
+            figures.create_p50_ms = percentile(create_ms, 0.5)
+            figures.create_p99_ms = percentile(create_ms, 0.99)
+            await exec_latency(figures, server, ids, callers, execs or max(count, 1000))
+            # Memory once every sandbox ran a command within the last seconds (creating them all
+            # may take longer than a minute, after which the first ones are idle already).
+            await read_memory(figures, backend, server.pid, ids, idle=False)
+            if backend == "docker":
+                figures.engine_kb += (engine_rss_kb() - engine_before) / count
+            figures.server_rss_kb = memory_kb(server.pid)
+            figures.server_threads = threads(server.pid)
+            idle_cpu = cpu_ms(server.pid)
+            await anyio.sleep(IDLE_SAMPLE)
+            figures.server_idle_cpu = (cpu_ms(server.pid) - idle_cpu) / (IDLE_SAMPLE * 1000)
+            if idle_wait:
+                await anyio.sleep(max(0.0, idle_wait - IDLE_SAMPLE))
+                await read_memory(figures, backend, server.pid, ids, idle=True)
+    return figures
+
+
+async def read_memory(figures: Figures, backend: str, server_pid: int, ids: list[str], *, idle: bool) -> None:
+    if backend == "docker":
+        per, procs, shims = await anyio.to_thread.run_sync(docker_memory, ids)
+        if not idle:
+            figures.engine_kb = statistics.mean(shims) if shims else 0.0
+    else:
+        per, procs = await anyio.to_thread.run_sync(local_memory, server_pid)
+    if idle:
+        figures.idle_pss_kb, figures.idle_processes = per, procs
+    else:
+        figures.pss_kb, figures.processes = per, procs
+
+
+async def exec_latency(figures: Figures, server: Server, ids: list[str], callers: int, execs: int) -> None:
+    """``execs`` calls of exec by ``callers`` concurrent callers, each going round its share of
+    the sandboxes."""
+    samples: list[float] = []
+    failures = 0  # a tool error, or an exec that did not print what it should
+
+    async def caller(number: int) -> None:
+        mine = ids[number::callers] or ids
+        for i in range(number, execs, callers):
+            sid = mine[(i // callers) % len(mine)]
+            started = time.perf_counter()
+            try:
+                out = await server.call("exec", command="echo hi", sandbox_id=sid)
+            except RuntimeError as exc:
+                failed(str(exc))
+                continue
+            samples.append((time.perf_counter() - started) * 1000)
+            if out["stdout"] != "hi\n":
+                failed(f"exec in {sid} printed {out['stdout']!r}")
+
+    def failed(error: str) -> None:
+        nonlocal failures
+        failures += 1
+        if len(figures.errors) < 10:
+            figures.errors.append(error)
+
+    inits = await anyio.to_thread.run_sync(container_pids, ids) if figures.backend == "docker" else None
+    server_cpu, host_cpu, sandboxes_cpu = cpu_ms(server.pid), host_cpu_ms(), sandboxes_cpu_ms(server.pid, inits)
+    client_cpu = cpu_ms(os.getpid())
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for number in range(callers):
+            tg.start_soon(caller, number)
+    elapsed = time.perf_counter() - started
+    figures.server_cpu_ms_per_exec = (cpu_ms(server.pid) - server_cpu) / execs
+    figures.host_cpu_ms_per_exec = (host_cpu_ms() - host_cpu) / execs
+    figures.client_cpu_ms_per_exec = (cpu_ms(os.getpid()) - client_cpu) / execs
+    figures.sandbox_cpu_ms_per_exec = (sandboxes_cpu_ms(server.pid, inits) - sandboxes_cpu) / execs
+    figures.execs, figures.exec_ok = execs, execs - failures
+    figures.exec_p50_ms = percentile(samples, 0.5)
+    figures.exec_p99_ms = percentile(samples, 0.99)
+    figures.exec_per_s = len(samples) / elapsed
+
+
+# ---------------------------------------------------------------------------- reporting
+
+
+def rows(f: Figures) -> list[Row]:
+    b, n = f.backend, f.sandboxes
+    found = [
+        Row(f"{f.created} of {n} sandboxes created, {CREATE_PARALLEL} at a time, one exec each ({b})",
+            f.create_s * 1000, note=f"(each {f.create_p50_ms:.0f} ms p50, {f.create_p99_ms:.0f} ms p99)"),
+        Row(f"memory per sandbox, PSS of its processes ({b})", f.pss_mb, unit="MB", target="<= 6 MB",
+            note=f"({f.processes:.1f} processes each)"),
+    ]
+    if f.idle_pss_kb:
+        found.append(Row(f"memory per sandbox once idle ({b})", f.idle_pss_mb, unit="MB", target="<= 6 MB",
+                         note=f"({f.idle_processes:.1f} processes each)"))
+    if b == "docker":
+        found.append(Row(f"engine's own memory per container ({b})", f.engine_kb / 1024, unit="MB",
+                         note="(its shim's PSS and dockerd's and containerd's growth)"))
+    found += [
+        Row(f"server RSS with {n} sandboxes ({b})", f.server_rss_kb / 1024, unit="MB", target="<= 250 MB",
+            note=f"(+{(f.server_rss_kb - f.server_rss_one_kb) / 1024:.1f} MB over one; {f.server_threads} threads)"),
+        Row(f"server CPU with {n} idle sandboxes ({b})", f.server_idle_cpu * 100, unit="% of a core"),
+        Row(f"exec p50, {f.callers} callers across {n} sandboxes ({b})", f.exec_p50_ms,
+            note=f"({f.exec_ok} of {f.execs} right; {f.exec_per_s:.0f} execs/s; "
+                 f"CPU per exec: server {f.server_cpu_ms_per_exec:.1f} ms, "
+                 + f"sandbox {f.sandbox_cpu_ms_per_exec:.1f} ms" + (" with the engine, " if b == "docker" else ", ")
+                 + f"client {f.client_cpu_ms_per_exec:.1f} ms, host {f.host_cpu_ms_per_exec:.1f} ms)"),
+        Row(f"exec p99, {f.callers} callers across {n} sandboxes ({b})", f.exec_p99_ms, target="<= 100 ms"),
+    ]
+    return found
 
 
 async def many_sandboxes(report: Report, cfg: Config, backend: str) -> None:
-    count = cfg.many_sandboxes
-    async with mcp_sandbox(backend, "--max-sandboxes", str(count + 1)) as server:
-        await server.call("exec", command="true")
-        before = memory_kb(server.pid)
-        ids: list[str] = []
-        started = time.perf_counter()
+    count = cfg.many_containers if backend == "docker" else cfg.many_sandboxes
+    figures = await measure(backend, count, callers=min(50, count), execs=max(count, cfg.runs * 20))
+    for row in rows(figures):
+        report.add(row)
 
-        async def create() -> None:
-            sid = (await server.call("create_sandbox"))["sandbox_id"]
-            await server.call("exec", command="echo hi", sandbox_id=sid)
-            ids.append(sid)
 
-        async with anyio.create_task_group() as tg:
-            for _ in range(count):
-                tg.start_soon(create)
-        elapsed = (time.perf_counter() - started) * 1000
-        after = memory_kb(server.pid)
-        started = time.perf_counter()
-        for sid in ids:
-            await server.call("exec", command="echo hi", sandbox_id=sid)
-        per_exec = (time.perf_counter() - started) * 1000 / count
-    report.add(Row(f"{count} sandboxes created in parallel ({backend})", elapsed))
-    report.add(Row(f"server RSS with {count} sandboxes alive ({backend})", after / 1024, unit="MB",
-                   note=f"(+{(after - before) / 1024:.1f} MB over one)"))
-    report.add(Row(f"exec round trip with {count} sandboxes alive ({backend})", per_exec))
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=["bwrap", "none", "docker"], default="bwrap")
+    parser.add_argument("--sandboxes", type=int, help="how many (default: 1000 local, 200 docker)")
+    parser.add_argument("--callers", type=int, default=50, help="concurrent exec callers")
+    parser.add_argument("--execs", type=int, help="exec calls in the latency run (default: max(N, 1000))")
+    parser.add_argument("--idle-wait", type=float, default=0.0, help="read memory again after this many idle seconds")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON, not a table")
+    args = parser.parse_args()
+    cfg = Config()
+    os.environ.setdefault("MCP_SANDBOX_IMAGE", cfg.image)
+    count = args.sandboxes or (cfg.many_containers if args.backend == "docker" else cfg.many_sandboxes)
+    figures = anyio.run(lambda: measure(args.backend, count, args.callers, args.execs, args.idle_wait))
+    for error in figures.errors:
+        print("error:", error, file=sys.stderr)
+    if args.json:
+        print(json.dumps({**asdict(figures), "pss_mb": figures.pss_mb, "idle_pss_mb": figures.idle_pss_mb}))
+    else:
+        report = Report()
+        for row in rows(figures):
+            report.add(row)
+        print()
+        print(report.table())
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

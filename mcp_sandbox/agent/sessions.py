@@ -16,14 +16,15 @@ Starting bash and restoring the state is most of an ``exec``'s cost, so each idl
 setup and text into the pipe and closes it; the standby then evals the command (the text never goes
 on a command line, so it may be longer than an argument may be). A standby is used only while it
 is alive and its cwd is still the same directory (``set_env_vars`` drops it); otherwise, and for
-commands with ``stdin``, a new bash is started the same way and handed the command at once.
+commands with ``stdin``, a new bash is started the same way and handed the command at once. A
+session idle for a minute loses its standby (``rest``), so that idle sandboxes cost less memory;
+its next command starts its own bash, and its state is the file's, as always.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -34,11 +35,13 @@ from .ids import Ids, check_id
 from .children import Children, spawn_error
 from .pipes import PipeReader, make_pipe, write_and_close
 from .protocol import AgentError, Request
-from .shell_state import Options, ShellState, check_env
+from .shell_state import Options, ShellState, check_env, find_bash
 from .tasks import TaskSet
 
 TIMEOUT_EXIT_CODE = 124
 _PIPE_MIN_BUFFER = 65536  # what any pipe holds: a write this big never blocks on an empty pipe
+# A session that ran nothing for this long keeps no standby bash (see Sessions.rest).
+STANDBY_IDLE = 60.0
 
 
 class Standby:
@@ -120,7 +123,7 @@ class Sessions:
         self._max_sessions: int = config["limits"]["max_sessions"]
         self._dir = os.path.join(config["state_dir"], "sessions")
         self._spills = Spills.at(os.path.join(config["state_dir"], "output"))
-        self._bash = shutil.which("bash", path=self._base_env.get("PATH")) or "/bin/bash"
+        self._bash = find_bash(self._base_env.get("PATH"))
         self._default_opts = Options(self._bash)
         self.sessions: Dict[str, Session] = {}
         # Called with a session's id when it is deleted, to end what else belongs to it.
@@ -193,6 +196,8 @@ class Sessions:
         self._children.kill_all_but("exec:%s:" % session_id, set())
         for hook in self.on_delete:
             await hook(session_id)
+        import shutil  # here: an agent that deletes no session does without it (see find_bash)
+
         shutil.rmtree(session.dir, ignore_errors=True)
         return {"session_id": session_id, "deleted": True}
 
@@ -388,6 +393,15 @@ class Sessions:
         if session.standby is not None:
             session.standby.discard()
             session.standby = None
+
+    async def rest(self, idle_seconds: float = STANDBY_IDLE) -> None:
+        """Drop the standby bash of sessions that ran nothing for ``idle_seconds``: an idle sandbox
+        then holds no bash at all. Their state stays in its file, and their next command starts
+        a bash that restores it (a few milliseconds more for that one command)."""
+        cutoff = time.time() - idle_seconds
+        for session in self.sessions.values():
+            if session.standby is not None and not session.lock.locked() and session.last_used_at < cutoff:
+                self._drop_standby(session)
 
     async def expire_idle(self, idle_seconds: float) -> None:
         """Delete sessions other than ``default`` that ran nothing for ``idle_seconds``."""
