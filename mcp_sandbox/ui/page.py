@@ -13,7 +13,7 @@ TOOL_META = {"ui": {"resourceUri": VIEW_URI}}
 
 
 def _static(name: str) -> str:
-    return resources.files(__package__).joinpath("static", name).read_text(encoding="utf-8")
+    return resources.files(__package__).joinpath(f"static/{name}").read_text(encoding="utf-8")
 
 
 @functools.cache

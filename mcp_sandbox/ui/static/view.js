@@ -163,7 +163,7 @@ async function refreshProcesses() {
       el("td", { textContent: p.process_id }),
       el("td", { textContent: p.status + (p.exit_code !== null ? ` (${p.exit_code})` : "") }),
       el("td", { className: "cmd", textContent: p.command }),
-      el("td", {}, p.status === "running" ? attach : null),
+      el("td", {}, p.status === "running" && p.tty ? attach : null),
     );
     row.onclick = () => { state.process = p.process_id; refreshProcesses(); };
     return row;
