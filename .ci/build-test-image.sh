@@ -12,11 +12,12 @@ set -euo pipefail
 IMAGE=${MCP_SANDBOX_TEST_IMAGE:-mcp-sandbox-test:latest}
 SUITE=bookworm
 # What a sandbox needs: python3 for the agent; IPython, matplotlib, numpy and pandas for run_code;
-# node for JavaScript; git, procps (ps, pkill) and ca-certificates for what users do in a shell.
+# node for JavaScript; git, procps (ps, pkill), ca-certificates and less (a pager for tty processes)
+# for what users do in a shell.
 # python3-munkres satisfies python3-fonttools' "python3-scipy | python3-munkres": without it, scipy
 # comes in and drags pythran, g++, boost and BLAS headers along (about 800 MB).
 PACKAGES=(
-    bash coreutils procps ca-certificates git
+    bash coreutils procps ca-certificates git less
     python3 python3-ipython python3-matplotlib python3-numpy python3-pandas python3-munkres
     nodejs
 )

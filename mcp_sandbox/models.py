@@ -115,6 +115,9 @@ class ProcessInfo(BaseModel):
     ended_at: datetime | None = None
     stdout_file: str = Field(description="Its whole stdout, as a file in the sandbox.")
     stderr_file: str = Field(description="Its whole stderr, as a file in the sandbox.")
+    tty: bool = Field(False, description="It runs on a pseudo-terminal; its raw stream is its stdout.")
+    cols: int | None = Field(None, description="Its terminal's width, with tty.")
+    rows: int | None = Field(None, description="Its terminal's height, with tty.")
 
 
 class ProcessStarted(ProcessInfo):
@@ -136,6 +139,46 @@ class ProcessLogs(ProcessInfo):
 class ProcessInputSent(BaseModel):
     process_id: str
     bytes_written: int
+
+
+class TerminalResized(BaseModel):
+    process_id: str
+    cols: int
+    rows: int
+
+
+class Cursor(BaseModel):
+    row: int = Field(description="0-based: 0 is the first line of text.")
+    col: int = Field(description="0-based: 0 is the first column.")
+    visible: bool = Field(True, description="The program has not hidden it.")
+
+
+class ProcessScreen(BaseModel):
+    process_id: str
+    status: ProcessStatus
+    exit_code: int | None = None
+    text: str = Field(description="The screen as it looks now: `rows` lines, trailing spaces removed.")
+    cursor: Cursor
+    cols: int
+    rows: int
+    title: str = Field("", description="The window title the program set, if any.")
+    matched: str | None = Field(None, description="The screen line(s) where wait_for matched, or null.")
+    timed_out: bool = Field(False, description="wait_for did not match before the timeout.")
+
+
+class TerminalOutput(BaseModel):
+    """A piece of a tty process's raw stream (host-level: for screens and live views)."""
+
+    process_id: str
+    status: ProcessStatus
+    exit_code: int | None = None
+    data: bytes = Field(description="The stream's bytes from the offset asked for.")
+    next_offset: int = Field(description="The offset right after data: where to read on.")
+    size: int = Field(description="Bytes of the stream so far.")
+    closed: bool = Field(description="The terminal is closed: no more bytes will come.")
+    cols: int = Field(description="The terminal's width where data starts.")
+    rows: int
+    resizes: list[tuple[int, int, int]] = Field(description="(offset, cols, rows) of each resize within data.")
 
 
 class ProcessKilled(ProcessInfo):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,12 +27,16 @@ from .models import (
     ProcessKilled,
     ProcessList,
     ProcessLogs,
+    ProcessScreen,
     ProcessStarted,
     SessionCreated,
     SessionDeleted,
     SessionList,
+    TerminalOutput,
+    TerminalResized,
 )
 from .sandbox_files import SandboxFiles
+from .terminal import Screens
 
 # Called with (stream name, new text, bytes so far) while a command prints.
 OutputCallback = Callable[[str, str, int], Awaitable[None]]
@@ -71,6 +77,7 @@ class Sandbox(SandboxFiles):
         self._command_timeout = command_timeout
         self._session_timeouts: dict[str, float] = {}  # each session's exec timeout, for deadlines
         self._turns = Turns()
+        self._screens = Screens()
 
     @property
     def isolation(self) -> str:
@@ -168,10 +175,16 @@ class Sandbox(SandboxFiles):
         session_id: str | None = None,
         cwd: str | None = None,
         env: dict[str, str] | None = None,
+        tty: bool = False,
+        cols: int | None = None,
+        rows: int | None = None,
     ) -> ProcessStarted:
         result = await self.call(
             Method.START_PROCESS,
-            {"command": command, "process_id": process_id, "session_id": session_id, "cwd": cwd, "env": env},
+            {
+                "command": command, "process_id": process_id, "session_id": session_id, "cwd": cwd, "env": env,
+                "tty": tty or None, "cols": cols, "rows": rows,
+            },
         )
         return ProcessStarted.model_validate(result)
 
@@ -200,9 +213,42 @@ class Sandbox(SandboxFiles):
         )
         return ProcessLogs.model_validate(result)
 
-    async def send_process_input(self, process_id: str, data: str, *, eof: bool = False) -> ProcessInputSent:
-        result = await self.call(Method.SEND_PROCESS_INPUT, {"process_id": process_id, "data": data, "eof": eof or None})
+    async def send_process_input(
+        self, process_id: str, data: str = "", *, eof: bool = False, keys: list[str] | None = None
+    ) -> ProcessInputSent:
+        """Write to a process's stdin, or type into its terminal: ``data``, then the named ``keys``."""
+        result = await self.call(
+            Method.SEND_PROCESS_INPUT, {"process_id": process_id, "data": data, "eof": eof or None, "keys": keys}
+        )
         return ProcessInputSent.model_validate(result)
+
+    # -- terminals (tty processes) ----------------------------------------------------------------
+
+    async def read_terminal(self, process_id: str, offset: int = 0, *, wait: float = 0) -> TerminalOutput:
+        """A tty process's raw stream from ``offset`` (at most 256 KiB), after waiting up to
+        ``wait`` seconds (at most 10) for bytes beyond it; read on from ``next_offset``."""
+        result = await self.call(Method.READ_TERMINAL, {"process_id": process_id, "offset": offset, "wait": wait or None})
+        result["data"] = base64.b64decode(result["data"])
+        return TerminalOutput.model_validate(result)
+
+    async def resize_terminal(self, process_id: str, cols: int, rows: int) -> TerminalResized:
+        """Set a tty process's terminal size; the program gets SIGWINCH."""
+        result = await self.call(Method.RESIZE_TERMINAL, {"process_id": process_id, "cols": cols, "rows": rows})
+        return TerminalResized.model_validate(result)
+
+    async def get_process_screen(
+        self, process_id: str, *, wait_for: str | None = None, timeout: float | None = None
+    ) -> ProcessScreen:
+        """A tty process's screen, rendered here from its stream (see terminal.py)."""
+        try:
+            pattern = re.compile(wait_for, re.MULTILINE) if wait_for is not None else None
+        except re.error as exc:
+            raise SandboxError("INVALID_ARGUMENT", f"wait_for is not a valid regular expression: {exc}") from None
+
+        async def read(offset: int, wait: float) -> TerminalOutput:
+            return await self.read_terminal(process_id, offset, wait=wait)
+
+        return await self._screens.watch(process_id, read, pattern, timeout)
 
     async def kill_process(self, process_id: str, signal: str | int | None = None) -> ProcessKilled:
         result = await self.call(Method.KILL_PROCESS, {"process_id": process_id, "signal": signal})

@@ -7,7 +7,7 @@ from mcp.server.mcpserver import MCPServer
 from . import __version__, prompts
 from .client_log import ClientLog
 from .manager import SandboxManager
-from .tools import code, files, processes, sandboxes, sessions
+from .tools import code, files, processes, sandboxes, sessions, terminals
 from .ui import view
 
 INSTRUCTIONS = """\
@@ -17,6 +17,8 @@ mcp-sandbox gives you a real Linux sandbox: a bash shell whose state persists, f
 - Use create_session for parallel, independent shells (each has its own cwd and env).
 - For servers and other long-running commands use start_process, then get_process_logs
   (wait_for a line such as 'listening') and kill_process.
+- For interactive programs (REPLs, editors, pagers, prompts) use start_process tty=true, type with
+  send_process_input (data, keys like Enter, Up, C-c) and look with get_process_screen.
 - read_file/write_file/list_files handle files (images come back as images).
 - run_code runs Python or JavaScript in a persistent interpreter, like a notebook cell: variables
   persist, the last expression and matplotlib figures come back as results (plots as images).
@@ -37,7 +39,7 @@ def build_server(manager: SandboxManager) -> MCPServer:
         extensions=[view.apps()],  # MCP Apps: the live view (ui/)
     )
     client_log.install(server)
-    for module in (sandboxes, sessions, processes, files, code):
+    for module in (sandboxes, sessions, processes, terminals, files, code):
         module.register(server, manager)
     prompts.register(server)
     view.register(server, manager)

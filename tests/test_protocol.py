@@ -50,6 +50,7 @@ RESULTS: list[tuple[Any, type[BaseModel]]] = [
     (api.SessionCreated, models.SessionCreated),
     (api.SessionDeleted, models.SessionDeleted),
     (api.ProcessInputSent, models.ProcessInputSent),
+    (api.TerminalResized, models.TerminalResized),
     (api.ProcessesKilled, models.ProcessesKilled),
     (api.FileWritten, models.FileWritten),
     (api.DirectoryCreated, models.DirectoryCreated),

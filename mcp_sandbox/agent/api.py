@@ -31,6 +31,8 @@ class Method:
     SEND_PROCESS_INPUT = "send_process_input"
     KILL_PROCESS = "kill_process"
     KILL_ALL_PROCESSES = "kill_all_processes"
+    READ_TERMINAL = "read_terminal"  # a tty process's raw stream from an offset (terminal.py)
+    RESIZE_TERMINAL = "resize_terminal"
     STOP_ALL = "stop_all"
     WRITE_FILE = "write_file"
     FILE_WRITE_OPEN = "file_write_open"
@@ -114,6 +116,12 @@ class SessionDeleted(TypedDict):
 class ProcessInputSent(TypedDict):
     process_id: str
     bytes_written: int
+
+
+class TerminalResized(TypedDict):
+    process_id: str
+    cols: int
+    rows: int
 
 
 class ProcessesKilled(TypedDict):

@@ -18,7 +18,7 @@ import os
 import signal
 import subprocess
 import time
-from typing import IO, Any, Dict, Optional, Sequence, Set, Tuple, Union
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from .protocol import AgentError
 
@@ -79,38 +79,42 @@ class Children:
         stderr: FileArg = None,
         pass_fds: Sequence[int] = (),
         script_at: Optional[int] = None,
+        preexec: Optional[Callable[[], None]] = None,
     ) -> Tuple[int, "asyncio.Future[int]"]:
         """Start a process in a new session; returns its pid and a future for its exit code.
 
         The exit code is negative for a signal, like Popen's returncode. When ``argv[script_at]``
         is a ``bash -c`` script, the bash enters the job's cgroup itself, as its first command;
-        any other process enters it between fork and exec, which costs a full fork (~1 ms).
+        any other process enters it between fork and exec, which costs a full fork (~1 ms), as
+        does ``preexec`` (run there after setsid, e.g. to take a controlling terminal).
         """
         env = dict(env)
         env[TAG] = self._prefix + tag
         argv = list(argv)
         fds = tuple(pass_fds)
         job, enter_fd = self._jobs.open(tag) if self._jobs is not None else (None, None)
-        enter = None
+        steps: List[Callable[[], Any]] = [preexec] if preexec is not None else []
         if enter_fd is not None:
             if script_at is not None:
                 argv[script_at] = BASH_ENTER % (enter_fd, enter_fd) + argv[script_at]
                 fds += (enter_fd,)
             else:
-                enter = functools.partial(os.write, enter_fd, b"0")
+                steps.append(functools.partial(os.write, enter_fd, b"0"))
         try:
             self._set_oom_score(CHILD_OOM_SCORE_ADJ)
             proc = subprocess.Popen(
                 argv, env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr,
-                pass_fds=fds, start_new_session=True, close_fds=True, preexec_fn=enter,
+                pass_fds=fds, start_new_session=True, close_fds=True,
+                preexec_fn=functools.partial(_run_all, steps) if steps else None,
             )
         except (OSError, subprocess.SubprocessError) as exc:
             if job is not None and self._jobs is not None:
                 self._jobs.finished(job)
             if isinstance(exc, OSError):
                 raise
-            # The preexec_fn failed: the process must not run outside its cgroup.
-            raise OSError("could not enter the job's cgroup (%s)" % exc) from None
+            # The preexec_fn failed: the process must not run outside its cgroup (or terminal).
+            what = "take its terminal or enter the job's cgroup" if preexec is not None else "enter the job's cgroup"
+            raise OSError("could not %s (%s)" % (what, exc)) from None
         finally:
             self._set_oom_score(self._oom_own)
             if enter_fd is not None:
@@ -188,6 +192,11 @@ class Children:
                 break
         _send(stopped, signal.SIGKILL)  # only if the rounds ran out
         return len(ended | stopped)
+
+
+def _run_all(steps: List[Callable[[], Any]]) -> None:
+    for step in steps:
+        step()
 
 
 def spawn_error(exc: OSError) -> Exception:

@@ -142,6 +142,8 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
         Method.SEND_PROCESS_INPUT: simple(processes.send_input),
         Method.KILL_PROCESS: simple(processes.kill),
         Method.KILL_ALL_PROCESSES: simple(processes.kill_all),
+        Method.READ_TERMINAL: simple(processes.read_terminal),
+        Method.RESIZE_TERMINAL: simple(processes.resize_terminal),
         # The host found the sandbox over a limit (its disk budget): everything running stops.
         # Every answer is an object (the host's channel checks), so this one is empty.
         Method.STOP_ALL: simple(lambda p: stop_all()),

@@ -18,7 +18,10 @@ import signal
 import time
 from typing import Any, Dict, Optional, Pattern, Tuple
 
+from .api import TerminalResized
 from .children import Children
+from .keys import key_bytes
+from .line_scanner import LineScanner
 from .output import render_log
 from .pipes import write_when_ready
 from .protocol import AgentError
@@ -26,14 +29,12 @@ from .ids import Ids, check_id
 from .sessions import Sessions
 from .shell_state import check_env
 from .tasks import TaskSet
+from .terminal import TERM, Terminal, check_size, take_as_controlling_terminal
 
 STATUSES = ("running", "completed", "failed", "killed", "error")
 KILL_GRACE = 5.0
 POLL_INTERVAL = 0.05
 DEFAULT_WAIT = 30.0
-_BLOCK = 1 << 20
-# A "line" longer than this without a newline is searched as it is rather than buffered further.
-_MAX_LINE = 1 << 20
 _SIGNAL_NUMBER = re.compile(r"[0-9]{1,3}")
 
 
@@ -53,6 +54,7 @@ class Process:
         self.started_at = time.time()
         self.ended_at: Optional[float] = None
         self.stdin_fd: Optional[int] = None
+        self.terminal: Optional[Terminal] = None  # with tty=true; its stream is the stdout log
         self.stdin_lock = asyncio.Lock()
         self.kill_requested = False
         self.ended: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
@@ -113,6 +115,9 @@ class Process:
             "ended_at": self.ended_at,
             "stdout_file": self.stdout_path,
             "stderr_file": self.stderr_path,
+            "tty": self.terminal is not None,
+            "cols": self.terminal.cols if self.terminal is not None else None,
+            "rows": self.terminal.rows if self.terminal is not None else None,
         }
 
 
@@ -131,6 +136,7 @@ class Processes:
         self.processes: Dict[str, Process] = {}
         self._ids = Ids("proc-%d")
         self._escalations = TaskSet()
+        self._drains = TaskSet()
 
     def get(self, process_id: Optional[str]) -> Process:
         process = self.processes.get(process_id or "")
@@ -158,6 +164,19 @@ class Processes:
             )
         session = self._sessions.get(params.get("session_id"))
         env = check_env(params.get("env"))
+        tty = bool(params.get("tty"))
+        if tty:
+            cols, rows = check_size(params.get("cols"), params.get("rows"))
+            # Programs take the size from the terminal, never from stale variables.
+            env = dict({"TERM": TERM, "COLUMNS": None, "LINES": None}, **env)
+            # Job control, as in an interactive shell: each command runs in its own process group,
+            # the terminal's foreground one, so Ctrl-C reaches the program and not the bash
+            # around it (which would end the process when the program merely caught it).
+            script = "set -m\n" + command
+        elif params.get("cols") is not None or params.get("rows") is not None:
+            raise AgentError("INVALID_ARGUMENT", "cols and rows are the size of a terminal: pass them with tty=true")
+        else:
+            script = command
         cwd: Optional[str] = params.get("cwd")
         running = sum(1 for p in self.processes.values() if p.running)
         if running >= self._max_running:
@@ -176,27 +195,50 @@ class Processes:
                 return self._not_started(
                     process, err, "directory %s does not exist; create it first (mkdir) or pass another cwd" % start_dir
                 )
-            stdin_r, stdin_w = os.pipe()
+            if tty:
+                try:
+                    process.terminal = Terminal(process.stdout_path, cols, rows)
+                except OSError as exc:
+                    return self._not_started(process, err, "could not open a pseudo-terminal: %s" % exc)
+                stdio: Tuple[Any, Any, Any] = (process.terminal.slave,) * 3
+            else:
+                stdin_r, stdin_w = os.pipe()
+                stdio = (stdin_r, out, err)
             try:
                 pid, exited = self._children.spawn(
-                    [self._bash, "--noprofile", "--norc", "-c", session.unsaved_script(command, env, start_dir), "bash"],
+                    [self._bash, "--noprofile", "--norc", "-c", session.unsaved_script(script, env, start_dir), "bash"],
                     tag=process.tag,
                     env={"PATH": self._path},
                     cwd=start_dir,
-                    stdin=stdin_r,
-                    stdout=out,
-                    stderr=err,
+                    stdin=stdio[0],
+                    stdout=stdio[1],
+                    stderr=stdio[2],
                     script_at=4,
+                    preexec=take_as_controlling_terminal if tty else None,
                 )
             except OSError as exc:
-                os.close(stdin_w)
+                if process.terminal is not None:
+                    process.terminal.abandon()
+                else:
+                    os.close(stdin_w)
                 return self._not_started(process, err, "could not start: %s" % exc)
             finally:
-                os.close(stdin_r)
+                if not tty:
+                    os.close(stdin_r)
         process.pid = pid
-        process.stdin_fd = stdin_w
-        exited.add_done_callback(lambda f: self._ended(process, f.result()))
+        if process.terminal is not None:
+            process.terminal.started()
+            terminal = process.terminal
+            exited.add_done_callback(lambda f: self._drains.spawn(self._drained(process, terminal, f.result())))
+        else:
+            process.stdin_fd = stdin_w
+            exited.add_done_callback(lambda f: self._ended(process, f.result()))
         return process.info()
+
+    async def _drained(self, process: Process, terminal: Terminal, code: int) -> None:
+        """A terminal's process ended: its status once its last output is in the log."""
+        await terminal.drained()
+        self._ended(process, code)
 
     @staticmethod
     def _not_started(process: Process, err: Any, message: str) -> Dict[str, Any]:
@@ -272,7 +314,11 @@ class Processes:
 
     async def send_input(self, params: Dict[str, Any]) -> Dict[str, Any]:
         process = self.get(params.get("process_id"))
-        data = (params.get("data") or "").encode("utf-8", "surrogateescape")
+        terminal = process.terminal
+        keys = key_bytes(params.get("keys"), terminal is not None, terminal is not None and terminal.application_cursor)
+        data = ((params.get("data") or "") + keys).encode("utf-8", "surrogateescape")
+        if terminal is not None:
+            return await terminal.type(process.id, process.status, data + (b"\x04" if params.get("eof") else b""))
         async with process.stdin_lock:
             if process.stdin_fd is None or not process.running:
                 reason = "it is %s" % process.status if not process.running else "its stdin was closed (eof)"
@@ -293,6 +339,30 @@ class Processes:
             if params.get("eof"):
                 process.close_stdin()
         return {"process_id": process.id, "bytes_written": written}
+
+    def terminal(self, params: Dict[str, Any]) -> Tuple[Process, Terminal]:
+        process = self.get(params.get("process_id"))
+        if process.terminal is None:
+            raise AgentError(
+                "INVALID_ARGUMENT",
+                "process %r has no terminal (it was started without tty=true); read its output with "
+                "get_process_logs, or start it again with tty=true" % process.id,
+            )
+        return process, process.terminal
+
+    async def read_terminal(self, params: Dict[str, Any]) -> Dict[str, Any]:
+        process, terminal = self.terminal(params)
+        result = await terminal.read(params, process.stdout_path)
+        result.update(process_id=process.id, status=process.status, exit_code=process.exit_code)
+        return result
+
+    def resize_terminal(self, params: Dict[str, Any]) -> TerminalResized:
+        process, terminal = self.terminal(params)
+        cols, rows = check_size(params.get("cols"), params.get("rows"))
+        if not process.running:
+            raise AgentError("INVALID_ARGUMENT", "process %r is %s: there is nothing to resize" % (process.id, process.status))
+        terminal.resize(cols, rows)
+        return TerminalResized(process_id=process.id, cols=cols, rows=rows)
 
     async def kill(self, params: Dict[str, Any]) -> Dict[str, Any]:
         process = self.get(params.get("process_id"))
@@ -348,8 +418,13 @@ class Processes:
             await asyncio.wait([process.ended], timeout=KILL_GRACE + 5)
 
     async def aclose(self) -> None:
-        """On the agent's way out, after its children were killed: the escalations are moot."""
+        """On the agent's way out, after its children were killed: the escalations are moot, and
+        so is the output still coming from a terminal."""
         await self._escalations.aclose()
+        await self._drains.aclose()
+        for process in self.processes.values():
+            if process.terminal is not None:
+                process.terminal.close()
 
     async def _escalate(self, process: Process) -> None:
         await asyncio.sleep(KILL_GRACE)
@@ -376,53 +451,3 @@ def parse_signal(value: Any) -> int:
         "INVALID_ARGUMENT",
         "unknown signal %r; use a name such as TERM, INT, KILL, HUP, QUIT, USR1, USR2 or a number" % value,
     )
-
-
-class LineScanner:
-    """Searches a growing log line by line, reading each byte once (so huge logs stay cheap)."""
-
-    def __init__(self, path: str, pattern: Pattern[str]) -> None:
-        self._pattern = pattern
-        # Searching a whole block first skips the per-line loop for blocks without a match.
-        self._block_pattern = re.compile(pattern.pattern, pattern.flags | re.MULTILINE)
-        self._pending = b""
-        try:
-            self._file: Optional[Any] = open(path, "rb")
-        except OSError:
-            self._file = None
-
-    async def scan(self) -> Optional[str]:
-        """The first matching line among what was logged since the last call, or None."""
-        if self._file is None:
-            return None
-        while True:
-            data = self._file.read(_BLOCK)
-            if not data:
-                break
-            block = self._pending + data
-            cut = block.rfind(b"\n") + 1
-            if cut == 0 and len(block) > _MAX_LINE:
-                cut = len(block)
-            self._pending = block[cut:]
-            found = self._search(block[:cut])
-            if found is not None:
-                return found
-            await asyncio.sleep(0)
-        # The line being written counts too: a prompt may never get its newline.
-        return self._search(self._pending) if self._pending else None
-
-    def _search(self, data: bytes) -> Optional[str]:
-        text = data.decode("utf-8", "replace")
-        hit = self._block_pattern.search(text)
-        if hit is None:
-            return None
-        start = text.rfind("\n", 0, hit.start()) + 1
-        for line in text[start:].split("\n"):
-            if self._pattern.search(line):
-                return line[:-1] if line.endswith("\r") else line
-        return None
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None

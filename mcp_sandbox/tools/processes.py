@@ -87,6 +87,15 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
             str | None, Field(description="Directory to start in, absolute or relative to the session's cwd.")
         ] = None,
         env: Annotated[Env, Field(description="Extra environment variables for this process.")] = None,
+        tty: Annotated[
+            bool,
+            Field(
+                description="Run it on a pseudo-terminal (TERM=xterm-256color), for interactive programs: "
+                "REPLs, editors, pagers, installers that ask questions, anything that draws a screen."
+            ),
+        ] = False,
+        cols: Annotated[int | None, Field(ge=1, le=500, description="Terminal width with tty (default 80).")] = None,
+        rows: Annotated[int | None, Field(ge=1, le=200, description="Terminal height with tty (default 24).")] = None,
         sandbox_id: SandboxId = None,
     ) -> Annotated[CallToolResult, ProcessStarted]:
         """Start a long-running command in the background (a dev server, a watcher, a build) and
@@ -98,11 +107,24 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         line such as 'listening on' (wait_for) or for its exit (wait_for_exit), send_process_input to
         write to its stdin, kill_process to stop it and everything it started. Status 'error' means
         it could not start (the reason is in 'error'). For a command that finishes quickly, use exec.
+
+        With tty=true it runs on a terminal of cols x rows: type into it with send_process_input
+        (data and named keys such as Enter, Up, C-c), look at it with get_process_screen (the
+        rendered screen and cursor; wait_for a prompt), resize it with resize_terminal;
+        get_process_logs then returns the raw terminal stream as stdout.
         """
         sandbox = await manager.get(sandbox_id)
-        r = await sandbox.start_process(command, process_id=process_id, session_id=session_id, cwd=cwd, env=env)
+        r = await sandbox.start_process(
+            command, process_id=process_id, session_id=session_id, cwd=cwd, env=env, tty=tty, cols=cols, rows=rows
+        )
         if r.status == "error":
             text = f"Process {r.process_id!r} could not start: {r.error}"
+        elif r.tty:
+            text = (
+                f"Started process {r.process_id!r} (pid {r.pid}) on a {r.cols}x{r.rows} terminal: {r.command}\n"
+                f"See its screen with get_process_screen (process_id={r.process_id!r}), type with "
+                f"send_process_input (data, keys); raw stream: {r.stdout_file}."
+            )
         else:
             text = (
                 f"Started process {r.process_id!r} (pid {r.pid}) from session {r.session_id!r}: {r.command}\n"
@@ -163,16 +185,30 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
     @tool_errors
     async def send_process_input(
         process_id: ProcessId,
-        data: Annotated[str, Field(description="Text to write to its stdin; include '\\n' to end a line.")],
-        eof: Annotated[bool, Field(description="Close its stdin after writing (end of input).")] = False,
+        data: Annotated[str, Field(description="Text to write to its stdin; include '\\n' to end a line.")] = "",
+        eof: Annotated[
+            bool, Field(description="Close its stdin after writing (end of input); on a tty, send Ctrl-D.")
+        ] = False,
+        keys: Annotated[
+            list[str] | None,
+            Field(
+                description="Named keys to press after data, in order: Enter, Tab, BackTab, Escape, Backspace, "
+                "Delete, Insert, Up, Down, Left, Right, Home, End, PageUp, PageDown, Space, F1-F12, C-a..C-z "
+                "(Ctrl: C-c, C-d, C-z, ...), M-<key> (Alt). Without tty only Enter, Tab and Space."
+            ),
+        ] = None,
         sandbox_id: SandboxId = None,
     ) -> Annotated[CallToolResult, ProcessInputSent]:
         """Write text to a running background process's standard input (answer a prompt, feed a
         REPL); with eof=true its stdin is closed afterwards, as Ctrl-D would. Read the reply with
-        get_process_logs (wait_for)."""
+        get_process_logs (wait_for).
+
+        For a process started with tty=true this is typing: data and keys go to its terminal as
+        a keyboard sends them (C-c interrupts, C-z suspends, C-d ends input; Enter is a carriage
+        return, what full-screen programs expect). See the result with get_process_screen."""
         sandbox = await manager.get(sandbox_id)
-        r = await sandbox.send_process_input(process_id, data, eof=eof)
-        return result(r, f"Wrote {r.bytes_written} bytes to {r.process_id!r}{' and closed its stdin' if eof else ''}.")
+        r = await sandbox.send_process_input(process_id, data, eof=eof, keys=keys)
+        return result(r, f"Wrote {r.bytes_written} bytes to {r.process_id!r}{' and ended its input' if eof else ''}.")
 
     @server.tool(annotations=OVERWRITES)
     @tool_errors
