@@ -5,6 +5,7 @@ the model runs, and its terminal echoes what is typed."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -213,7 +214,7 @@ async def test_page_shows_commands_plots_files_and_a_terminal(tmp_path: Path, br
 
             await page.locator("#terminal-new").click()
             rows = page.locator("#terminal .xterm-rows")
-            await rows.filter(has_text="$").wait_for(timeout=WAIT_MS)  # bash's prompt
+            await rows.filter(has_text=re.compile(r"[$#]")).wait_for(timeout=WAIT_MS)  # bash's prompt
             await page.locator("#terminal").click()
             await page.keyboard.type("echo typed-$((6*7))")
             await rows.filter(has_text="echo typed-$((6*7))").wait_for(timeout=WAIT_MS)  # the echo of the keys

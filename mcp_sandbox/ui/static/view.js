@@ -218,18 +218,32 @@ async function showFile(path) {
 // ---- terminal ---------------------------------------------------------------------------------
 
 let term = null;
-let sending = Promise.resolve();
+let typed = ""; // key strokes not sent yet
+let sending = false;
+
+async function sendTyped() {
+  // One call at a time, so that key strokes reach the program in order; those typed meanwhile
+  // go together in the next one.
+  sending = true;
+  while (typed && state.tty) {
+    const data = typed;
+    typed = "";
+    try {
+      await tool("send_process_input", { process_id: state.tty, data });
+    } catch (error) {
+      setStatus(String(error.message || error), true);
+    }
+  }
+  sending = false;
+}
 
 function terminal() {
   if (term) return term;
-  term = new Terminal({ cols: 80, rows: 24, convertEol: false, fontSize: 13, scrollback: 0 });
+  term = new Terminal({ cols: 80, rows: 24, fontSize: 13, scrollback: 0 });
   term.open($("terminal"));
   term.onData((data) => {
-    if (!state.tty) return;
-    const id = state.tty;
-    // One at a time, in order: key strokes must reach the program as typed.
-    sending = sending.then(() => tool("send_process_input", { process_id: id, data }))
-      .then(refreshScreen).catch((error) => setStatus(String(error.message || error), true));
+    typed += data;
+    if (!sending) sendTyped();
   });
   return term;
 }
@@ -249,7 +263,8 @@ async function newTerminal() {
 
 async function refreshScreen() {
   if (!state.tty) return;
-  const screen = await tool("get_process_screen", { process_id: state.tty });
+  // It answers once the program has been quiet for a moment (it has drawn what was typed).
+  const screen = await tool("get_process_screen", { process_id: state.tty, timeout: 0.5 });
   const t = terminal();
   if (t.cols !== screen.cols || t.rows !== screen.rows) t.resize(screen.cols, screen.rows);
   const key = `${screen.text}\u0000${screen.cursor.row},${screen.cursor.col}`;
