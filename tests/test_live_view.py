@@ -221,3 +221,69 @@ async def test_page_shows_commands_plots_files_and_a_terminal(tmp_path: Path, br
             await page.keyboard.press("Enter")
             await rows.filter(has_text="typed-42").wait_for(timeout=WAIT_MS)  # bash ran it
             tg.cancel_scope.cancel()
+
+
+# A minimal MCP Apps host: it renders the ui:// resource in a sandboxed iframe and answers the
+# view's JSON-RPC over postMessage, passing tools/call and resources/read to the real MCP client.
+HOST_PAGE = """<!doctype html><html><body>
+<iframe id="app" sandbox="allow-scripts" style="width:1200px;height:850px;border:0"></iframe>
+<script>
+const frame = document.getElementById("app");
+const send = (message) => frame.contentWindow.postMessage({ jsonrpc: "2.0", ...message }, "*");
+window.addEventListener("message", async (event) => {
+  const msg = event.data;
+  if (event.source !== frame.contentWindow || !msg || !msg.method) return;
+  if (msg.method === "ui/initialize") {
+    send({ id: msg.id, result: { protocolVersion: msg.params.protocolVersion, hostInfo: { name: "test-host", version: "1" },
+      hostCapabilities: { serverTools: {}, serverResources: {} }, hostContext: {} } });
+  } else if (msg.method === "ui/notifications/initialized") {
+    send({ method: "ui/notifications/tool-input", params: { arguments: window.toolArguments } });
+  } else if (msg.id !== undefined) {
+    try { send({ id: msg.id, result: await window.mcp(msg.method, msg.params) }); }
+    catch (error) { send({ id: msg.id, error: { code: -32000, message: String(error) } }); }
+  }
+});
+</script></body></html>"""
+
+
+async def test_page_inside_an_apps_host_calls_tools_through_it(tmp_path: Path, browser: Any) -> None:
+    async with SandboxManager(settings_for("none", tmp_path / "s")) as manager:
+        async with Client(build_server(manager)) as client:
+            tools = Tools(client, "none")
+            sandbox_id = (await tools("create_sandbox"))["sandbox_id"]
+            await tools.sh("echo first", sandbox_id=sandbox_id)
+            calls: list[str] = []
+
+            async def bridge(method: str, params: dict[str, Any]) -> Any:
+                calls.append(method)
+                if method == "tools/call":
+                    result: Any = await client.call_tool(params["name"], params.get("arguments") or {})
+                elif method == "resources/read":
+                    result = await client.read_resource(params["uri"])
+                else:
+                    raise ValueError(f"this host does not serve {method}")
+                return result.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+            page = await browser.new_page(viewport={"width": 1240, "height": 900})
+            await page.expose_function("mcp", bridge)
+            await page.set_content(HOST_PAGE)
+            view = getattr((await client.read_resource(VIEW_URI)).contents[0], "text")
+            await page.evaluate(
+                "([html, args]) => { window.toolArguments = args; document.getElementById('app').srcdoc = html; }",
+                [view, {"command": "echo first", "sandbox_id": sandbox_id}],
+            )
+            app = page.frame_locator("#app")
+            await app.locator("#status", has_text=sandbox_id).wait_for(timeout=WAIT_MS)
+            await app.locator("#activity pre.stdout", has_text="first").wait_for(timeout=WAIT_MS)
+            await tools.sh("echo second-through-the-host", sandbox_id=sandbox_id)
+            await app.locator("#activity pre.stdout", has_text="second-through-the-host").wait_for(timeout=WAIT_MS)
+
+            await app.locator("#terminal-new").click()
+            rows = app.locator("#terminal .xterm-rows")
+            await rows.filter(has_text=re.compile(r"[$#]")).wait_for(timeout=WAIT_MS)
+            await app.locator("#terminal").click()
+            await page.keyboard.type("echo via-host-$((2+3))\n")
+            await rows.filter(has_text="via-host-5").wait_for(timeout=WAIT_MS)
+            assert {"tools/call", "resources/read"} <= set(calls)
+            processes = (await tools("list_processes", sandbox_id=sandbox_id))["processes"]
+            assert any(p["tty"] and p["status"] == "running" for p in processes)  # the view's terminal
