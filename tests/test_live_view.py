@@ -125,6 +125,7 @@ async def test_http_ui_refuses_wrong_tokens_hosts_and_origins(tmp_path: Path) ->
                 return http.post("/ui/api/tools/call", headers=api, json={"name": tool, "arguments": arguments})
 
             assert (await call("exec", command="id")).status_code == 403  # the view runs no commands
+            assert (await call("start_process", command="id", sandbox_id=ids["alice"])).status_code == 403
             files = (await call("list_files", sandbox_id=ids["alice"])).json()
             assert files["structuredContent"]["path"].endswith("workspace")
             bobs = (await call("list_files", sandbox_id=ids["bob"])).json()

@@ -21,10 +21,11 @@ from mcp_types import CallToolResult
 if TYPE_CHECKING:
     from ..sandbox import Sandbox
 
-ENTRIES = 40  # per sandbox
-TEXT_MAX = 4000  # characters of each input and output stream kept per entry (the end of longer ones)
-IMAGE_MAX = 300_000  # base64 characters of one image kept (a plot)
-IMAGES = 3  # most images kept per sandbox; older entries lose theirs
+# Bounds: at most about 30 x 5 x 2,000 characters of text and 2 x 200 kB of images per sandbox.
+ENTRIES = 30  # per sandbox
+TEXT_MAX = 2000  # characters kept of each input, output stream, result and error (the end of longer ones)
+IMAGE_MAX = 200_000  # base64 characters of one image kept (a plot); bigger ones are not kept
+IMAGES = 2  # most images kept per sandbox; older entries lose theirs
 
 # The tools whose calls the view shows, and the argument holding what they ran.
 # (Not send_process_input: the view's own terminal sends every key stroke with it.)

@@ -161,6 +161,8 @@ async def _act(server: MCPServer, manager: SandboxManager, action: str, args: di
         name, arguments = args.get("name"), args.get("arguments") or {}
         if name not in PAGE_TOOLS or not isinstance(arguments, dict):
             return _error(403, f"the view may not call {name!r}")
+        if name == "start_process" and arguments.get("tty") is not True:
+            return _error(403, "the view starts only terminals (start_process with tty true)")
         try:
             result = await server.call_tool(str(name), arguments)
         except ToolError as exc:  # as an MCP client would get it
