@@ -118,6 +118,8 @@ async def test_http_ui_refuses_wrong_tokens_hosts_and_origins(tmp_path: Path) ->
             assert listed.json()["sandboxes"] == [ids["alice"]]  # the cookie is alice's, and only hers
             evil = {**api, "origin": "http://evil.example"}
             assert (await http.post("/ui/api/sandboxes", headers=evil)).status_code == 403
+            big = await http.post("/ui/api/tools/call", headers=api, content=b" " * (2 << 20))
+            assert big.status_code == 413
             no_header = {"content-type": "application/json"}
             assert (await http.post("/ui/api/sandboxes", headers=no_header)).status_code == 403
 

@@ -73,7 +73,7 @@ class ViewSessions:
 
     def login(self, token: str) -> str | None:
         """A new session's cookie value for a known token, or None."""
-        tenant = self._tenant_of(f"Bearer {token}".encode())
+        tenant = tenants.SINGLE if self.tokens is None else self.tokens.tenant(f"Bearer {token}".encode())
         if tenant is None:
             return None
         session = secrets.token_urlsafe(32)
@@ -92,9 +92,6 @@ class ViewSessions:
         if found is None or found[1] < time.monotonic():
             return None
         return found[0]
-
-    def _tenant_of(self, authorization: bytes) -> str | None:
-        return tenants.SINGLE if self.tokens is None else self.tokens.tenant(authorization)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -119,11 +116,13 @@ def view_app(
             return refused
         if request.headers.get("x-mcp-sandbox-ui") != "1":
             return _error(403, "API calls need the header X-MCP-Sandbox-UI: 1")
-        body = await request.body()
-        if len(body) > BODY_MAX:
-            return _error(413, "request too large")
+        body = bytearray()
+        async for chunk in request.stream():  # read no more than the limit, whatever is sent
+            body += chunk
+            if len(body) > BODY_MAX:
+                return _error(413, "request too large")
         try:
-            args = json.loads(body or b"{}")
+            args = json.loads(bytes(body) or b"{}")
         except ValueError:
             return _error(400, "the body is not JSON")
         if not isinstance(args, dict):
