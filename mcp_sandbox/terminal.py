@@ -45,7 +45,7 @@ class Screen(pyte.Screen):
 
     def __init__(self, columns: int, lines: int) -> None:
         super().__init__(columns, lines)
-        self._saved: tuple[Any, Any] | None = None
+        self._saved: tuple[Any, Any] | None = None  # the main screen's buffer and cursor
 
     def set_mode(self, *modes_: int, **kwargs: Any) -> None:
         super().set_mode(*modes_, **kwargs)
@@ -54,6 +54,10 @@ class Screen(pyte.Screen):
             self.buffer = defaultdict(lambda: StaticDefaultDict[int, Char](self.default_char))
             self.cursor = pyte.screens.Cursor(self.cursor.x, self.cursor.y, self.cursor.attrs)
             self.dirty.update(range(self.lines))
+
+    def reset(self) -> None:
+        super().reset()
+        self._saved = None
 
     def reset_mode(self, *modes_: int, **kwargs: Any) -> None:
         super().reset_mode(*modes_, **kwargs)
@@ -145,23 +149,23 @@ class Screens:
     def __init__(self) -> None:
         self._views: OrderedDict[str, TerminalView] = OrderedDict()
 
-    def view(self, process_id: str) -> TerminalView:
-        view = self._views.pop(process_id, None) or TerminalView()
+    def _keep(self, process_id: str, view: TerminalView) -> None:
+        self._views.pop(process_id, None)
         self._views[process_id] = view
         while len(self._views) > KEPT_SCREENS:
             self._views.popitem(last=False)
-        return view
 
     async def watch(
         self, process_id: str, read: Reader, pattern: re.Pattern[str] | None, timeout: float | None
     ) -> ProcessScreen:
         """The screen once ``pattern`` matches it (or the process has ended, or at the timeout);
         without a pattern, once the program has been quiet for a moment."""
-        view = self.view(process_id)
+        view = self._views.get(process_id) or TerminalView()
         limit = (DEFAULT_WAIT if pattern is not None else SETTLE) if timeout is None else timeout
         deadline = time.monotonic() + limit
         async with view.lock:
             piece = await view.catch_up(read, 0)
+            self._keep(process_id, view)  # only a tty process's (the read said so)
             while True:
                 ended = piece.status != "running" and piece.next_offset >= piece.size
                 if pattern is not None and pattern.search(view.text()) is not None:

@@ -2,8 +2,8 @@
 
 On a terminal, cursor keys follow the mode the program set (``ESC O A`` in application cursor
 mode, as less, vim and readline ask for, ``ESC [ A`` otherwise). A process without a terminal reads
-a pipe: only the keys that are plain text there (Enter is a newline) make sense; the others are
-refused with what to do instead, since Ctrl-C written to a pipe is just a byte.
+a pipe: only the keys that are plain text there (Enter is a newline, a character itself) make
+sense; the others are refused with what to do instead, since Ctrl-C written to a pipe is a byte.
 """
 
 from __future__ import annotations
@@ -62,12 +62,12 @@ def key_bytes(keys: Any, tty: bool, application_cursor: bool) -> str:
     out: List[str] = []
     for key in keys:
         if not tty:
-            text = _PIPE_KEYS.get(key.lower())
+            text = key if len(key) == 1 else _PIPE_KEYS.get(key.lower())
             if text is None:
                 raise AgentError(
                     "INVALID_ARGUMENT",
                     "key %r needs a terminal, and this process was started without tty=true: its stdin is a "
-                    "pipe, where only Enter, Tab and Space mean something; send text with data, end the input "
+                    "pipe, where only Enter, Tab, Space and single characters mean something; send text with data, end the input "
                     "with eof=true, interrupt it with kill_process signal=INT, or start it with tty=true" % key,
                 )
             out.append(text)

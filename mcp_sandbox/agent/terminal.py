@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import errno
 import fcntl
 import os
 import struct
@@ -97,9 +96,7 @@ class Terminal:
                 data = os.read(self.master, _READ_SIZE)
             except BlockingIOError:
                 return
-            except OSError as exc:  # EIO: every holder of the slave has closed it
-                if exc.errno not in (errno.EIO, errno.EBADF):
-                    raise
+            except OSError:  # EIO: every holder of the slave has closed it
                 data = b""
             if not data:
                 self.close()
@@ -169,8 +166,11 @@ class Terminal:
         end = min(self.size, offset + READ_MAX)
         data = b""
         if end > offset:
-            with open(path, "rb") as f:
-                data = os.pread(f.fileno(), end - offset, offset)
+            try:
+                with open(path, "rb") as f:
+                    data = os.pread(f.fileno(), end - offset, offset)
+            except OSError:
+                pass  # a command removed the log: what it held is gone
         end = offset + len(data)
         at = [entry for entry in self.sizes if entry[0] <= offset]
         cols, rows = at[-1][1:] if at else self.sizes[0][1:]
