@@ -83,7 +83,7 @@ class Settings(BaseModel):
     ui_port: int | None = Field(
         None, ge=0, le=65535,
         description="stdio: also serve the live view (a page showing the sandbox as the model uses it) on "
-        "127.0.0.1:PORT (0: any free port); its URL, with a token made for this run, goes to stderr. "
+        "127.0.0.1:PORT (0: any free port); its URL, with a one-time token, goes to stderr. "
         "The HTTP transport serves it at /ui.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field("INFO", description="Log level.")

@@ -139,30 +139,39 @@ async def test_http_ui_refuses_wrong_tokens_hosts_and_origins(tmp_path: Path) ->
             assert (await http.post("/ui/api/sandboxes", headers=bob)).json()["sandboxes"] == [ids["bob"]]
 
 
-def test_ui_port_prints_a_url_with_a_token(tmp_path: Path) -> None:
-    """stdio with --ui-port 0: the URL goes to stderr; the page loads; the token logs in; the
-    server still ends when stdin closes."""
+def live_view_url(stderr: Any) -> str:
+    for _ in range(200):
+        line = stderr.readline().decode()
+        if "live view: " in line:
+            return str(line.split("live view: ", 1)[1].split()[0])
+    raise AssertionError("no live view URL on stderr")
+
+
+def test_ui_port_prints_one_time_urls(tmp_path: Path) -> None:
+    """stdio with --ui-port 0: the URL goes to stderr; the page loads; the token logs in once,
+    and the next URL follows; the server still ends when stdin closes."""
     command = str(Path(sys.executable).parent / "mcp-sandbox")
     proc = subprocess.Popen(
         [command, "--ui-port", "0", "--backend", "local", "--isolation", "none", "--workspace-root", str(tmp_path)],
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy(),
     )
     try:
-        assert proc.stderr is not None
-        url = ""
-        for _ in range(200):
-            line = proc.stderr.readline().decode()
-            if "live view: " in line:
-                url = line.split("live view: ", 1)[1].strip()
-                break
+        url = live_view_url(proc.stderr)
         assert url.startswith("http://127.0.0.1:") and "/ui#token=" in url, url
         page, token = url.split("#token=")
+        api = {"x-mcp-sandbox-ui": "1"}
         with httpx2.Client() as http:
             assert http.get(page).status_code == 200
-            api = {"x-mcp-sandbox-ui": "1"}
             assert http.post(page + "/api/sandboxes", headers=api, json={}).status_code == 401
+            bearer = {**api, "authorization": f"Bearer {token}"}  # the token is for logging in only
+            assert http.post(page + "/api/sandboxes", headers=bearer, json={}).status_code == 401
             assert http.post(page + "/api/login", headers=api, json={"token": token}).status_code == 204
             assert http.post(page + "/api/sandboxes", headers=api, json={}).json()["sandboxes"] == []
+        with httpx2.Client() as other:
+            assert other.post(page + "/api/login", headers=api, json={"token": token}).status_code == 401  # spent
+            following = live_view_url(proc.stderr)
+            assert following.split("#token=")[0] == page and following != url
+            assert other.post(page + "/api/login", headers=api, json={"token": following.split("#token=")[1]}).status_code == 204
     finally:
         assert proc.stdin is not None
         proc.stdin.close()

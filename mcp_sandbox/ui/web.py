@@ -22,6 +22,7 @@ import socket
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -65,10 +66,14 @@ PAGE_HEADERS = {
 
 
 class ViewSessions:
-    """Who a request to the view acts for: its bearer token's tenant, or its cookie's session."""
+    """Who a request to the view acts for: its bearer token's tenant, or its cookie's session.
 
-    def __init__(self, tokens: Tokens | None) -> None:
+    With ``renew`` the token is one-time (``--ui-port``): a login spends it, ``renew()`` makes
+    the next one, and only cookies name a tenant."""
+
+    def __init__(self, tokens: Tokens | None, renew: Callable[[], Tokens] | None = None) -> None:
         self.tokens = tokens
+        self.renew = renew
         self._sessions: OrderedDict[str, tuple[str, float]] = OrderedDict()  # cookie to (tenant, expiry)
 
     def login(self, token: str) -> str | None:
@@ -76,6 +81,8 @@ class ViewSessions:
         tenant = tenants.SINGLE if self.tokens is None else self.tokens.tenant(f"Bearer {token}".encode())
         if tenant is None:
             return None
+        if self.renew is not None:
+            self.tokens = self.renew()
         session = secrets.token_urlsafe(32)
         self._sessions[session] = (tenant, time.monotonic() + SESSION_LIFETIME)
         while len(self._sessions) > MAX_SESSIONS:
@@ -86,7 +93,7 @@ class ViewSessions:
         if self.tokens is None:
             return tenants.SINGLE  # a server without tokens has one tenant, open to this machine
         header = request.headers.get("authorization")
-        if header is not None:
+        if header is not None and self.renew is None:
             return self.tokens.tenant(header.encode("latin-1", "replace"))
         found = self._sessions.get(request.cookies.get(COOKIE, ""))
         if found is None or found[1] < time.monotonic():
@@ -100,10 +107,11 @@ def _error(status: int, message: str) -> JSONResponse:
 
 def view_app(
     server: MCPServer, manager: SandboxManager, tokens: Tokens | None,
-    security: TransportSecuritySettings | None,
+    security: TransportSecuritySettings | None, renew: Callable[[], Tokens] | None = None,
 ) -> Starlette:
-    """The /ui routes, as a Starlette app (mounted beside /mcp, or served alone on --ui-port)."""
-    sessions = ViewSessions(tokens)
+    """The /ui routes, as a Starlette app (mounted beside /mcp, or served alone on --ui-port, with
+    one-time tokens that ``renew`` replaces)."""
+    sessions = ViewSessions(tokens, renew)
     checks = TransportSecurityMiddleware(security)
 
     async def page(request: Request) -> Response:
@@ -199,22 +207,29 @@ def loopback_socket(port: int) -> socket.socket:
 
 
 async def serve_view(
-    server: MCPServer, manager: SandboxManager, port: int, *, token: str | None = None,
+    server: MCPServer, manager: SandboxManager, port: int, *,
     task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """``--ui-port`` (stdio): serve the view alone on 127.0.0.1:PORT with a token made for this
-    run, until cancelled (then it stops gracefully). The URL goes to stderr, not to the log an
-    MCP client may receive; with ``task_status`` (``tg.start``), also to the caller."""
+    """``--ui-port`` (stdio): serve the view alone on 127.0.0.1:PORT until cancelled (then it
+    stops gracefully). Its URL holds a one-time token: opening it logs a browser in (a cookie)
+    and makes the next URL. Each goes to stderr, not to the log an MCP client may receive; the
+    first also to the caller, with ``task_status`` (``tg.start``)."""
     import uvicorn
 
     from ..http import rebinding_protection
 
-    token = token or secrets.token_urlsafe(24)
     sock = loopback_socket(port)
     port = sock.getsockname()[1]
-    app = view_app(server, manager, Tokens({token: tenants.SINGLE}), rebinding_protection("127.0.0.1", port))
-    url = f"http://127.0.0.1:{port}/ui#token={token}"
-    print(f"mcp-sandbox live view: {url}", file=sys.stderr, flush=True)
+
+    def token_url(what: str) -> tuple[Tokens, str]:
+        token = secrets.token_urlsafe(24)
+        url = f"http://127.0.0.1:{port}/ui#token={token}"
+        print(f"mcp-sandbox live view: {url} ({what})", file=sys.stderr, flush=True)
+        return Tokens({token: tenants.SINGLE}), url
+
+    first, url = token_url("works once; opening it prints the next")
+    security = rebinding_protection("127.0.0.1", port)
+    app = view_app(server, manager, first, security, lambda: token_url("the next one-time URL")[0])
     view = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
     view.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # the server's signals stop it
     stopped = anyio.Event()
