@@ -3,7 +3,8 @@
 A browser cannot send a bearer header when it loads a page, so the page itself (static, no data)
 loads without one, and carries the token in the URL's fragment (``/ui#token=...``), which never
 reaches a server or a log. The page trades it once at ``/ui/api/login`` for a session cookie
-(HttpOnly, SameSite=Strict, path /ui) and drops it from the address bar. Every other API call
+(HttpOnly, SameSite=Strict, path /ui) and drops it from the address bar; on ``--ui-port`` the
+token is one-time, and the next URL is printed when it is spent. Every other API call
 needs that cookie or an ``Authorization: Bearer`` header, and names the tenant the token stands
 for: the view sees only that tenant's sandboxes. Host and Origin are checked as for /mcp; API
 calls must be JSON POSTs with an ``X-MCP-Sandbox-UI`` header, which no cross-site form can send.
