@@ -31,6 +31,9 @@ KEEP = 256 << 10
 QUIET = 0.2
 SETTLE = 2.0
 DEFAULT_WAIT = 30.0
+# One catch-up feeds for at most this long: a program that prints faster than pyte reads (`yes`)
+# is shown as far as it got.
+CATCH_UP_MAX = 1.0
 # Feeding more than this goes to a worker thread, so the server's event loop never stalls on it.
 _THREAD_FEED = 16 << 10
 # Screens kept per sandbox; one dropped is rebuilt from the log when asked for again.
@@ -97,6 +100,7 @@ class TerminalView:
         """Read and feed what the stream holds beyond the screen (waiting up to ``wait`` seconds
         for something new first); the last piece read."""
         piece = await read(self.offset, wait)
+        budget = time.monotonic() + CATCH_UP_MAX
         while True:
             if piece.size - self.offset > BEHIND:
                 self.screen.reset()
@@ -107,7 +111,7 @@ class TerminalView:
                 await anyio.to_thread.run_sync(self._apply, piece)
             else:
                 self._apply(piece)
-            if piece.next_offset >= piece.size:
+            if piece.next_offset >= piece.size or time.monotonic() > budget:
                 return piece
             piece = await read(self.offset, 0)
 

@@ -35,10 +35,11 @@ async def test_python_repl_with_ctrl_c(mcp: Tools) -> None:
     assert s["cursor"] == {"row": 2, "col": 4, "visible": True}
 
     # Ctrl-C interrupts a busy loop in the program, not the REPL.
-    await mcp("send_process_input", process_id="py", data="while True: pass", keys=["Enter", "Enter"])
-    await screen(mcp, "py", r"^\.\.\.\s*$")  # the loop runs: the cursor has left that line
+    await mcp("send_process_input", process_id="py", data="exec('print(\"spinning\")\\nwhile True: pass')\r")
+    await screen(mcp, "py", r"^spinning$")
     await mcp("send_process_input", process_id="py", keys=["C-c"])
     s = await screen(mcp, "py", r"^KeyboardInterrupt\n>>> $")
+    assert 'File "<string>", line 2, in <module>' in s["text"]  # raised in the loop
     assert s["status"] == "running"
     await mcp("send_process_input", process_id="py", data="print('still', 'alive')", keys=["Enter"])
     await screen(mcp, "py", r"^still alive$")
@@ -174,3 +175,33 @@ def test_keys_are_the_bytes_an_xterm_sends() -> None:
     # In application cursor mode (less, vim, readline ask for it) cursor keys say ESC O.
     assert key_bytes(["Up", "End", "PageDown"], True, True) == "\x1bOA\x1bOF\x1b[6~"
     assert key_bytes(["Enter", "Tab", "x"], False, False) == "\n\tx"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("backend", ["bwrap"], indirect=True)
+async def test_the_raw_stream_from_python_follows_a_terminal(manager_factory: Any) -> None:
+    """What a live view builds on: the stream from an offset, a wait for more, resizes in place."""
+    async with manager_factory() as manager:
+        sandbox = await manager.create()
+        await sandbox.start_process("echo ready; read -r line; echo \"got $line\"; stty size; read -r", process_id="t", tty=True)
+        first = await sandbox.read_terminal("t", 0, wait=10)
+        assert (first.data, first.cols, first.rows, first.closed, first.resizes) == (b"ready\r\n", 80, 24, False, [])
+        quiet = await sandbox.read_terminal("t", first.next_offset, wait=0.3)
+        assert quiet.data == b"" and quiet.next_offset == first.next_offset == quiet.size
+        await sandbox.resize_terminal("t", 100, 30)
+        await sandbox.send_process_input("t", "hello", keys=["Enter"])
+        piece = await sandbox.read_terminal("t", quiet.next_offset, wait=10)
+        data = piece.data
+        while b"30 100" not in data:
+            piece = await sandbox.read_terminal("t", piece.next_offset, wait=10)
+            assert piece.data, data
+            data += piece.data
+        assert data == b"hello\r\ngot hello\r\n30 100\r\n"
+        # From the start, the size in effect there and the resize at the byte it happened.
+        whole = await sandbox.read_terminal("t", 0)
+        assert (whole.cols, whole.rows, whole.resizes) == (80, 24, [(quiet.size, 100, 30)])
+        assert whole.data == b"ready\r\n" + data and whole.status == "running"
+        await sandbox.send_process_input("t", "", eof=True)  # Ctrl-D: read gets end of input
+        assert (await sandbox.get_process_logs("t", wait_for_exit=True)).status == "failed"
+        end = await sandbox.read_terminal("t", whole.next_offset, wait=10)
+        assert end.closed and end.data == b""

@@ -4,7 +4,9 @@ A process is a bash that restores its session's state (cwd, variables, functions
 at start time and then runs the command; nothing flows back into the session. It leads its own
 process group and carries the tag ``proc:<id>;``, so a kill reaches every descendant. Its stdout and
 stderr are files in the sandbox that the process writes directly: the agent never has to drain a
-pipe, the logs survive the process, and reading them later costs nothing until someone asks.
+pipe, the logs survive the process, and reading them later costs nothing until someone asks. A
+process started with tty=true writes to a pseudo-terminal instead, whose stream the agent appends
+to its stdout log (terminal.py).
 Statuses come from the exit the agent reaps itself, so a dead process is never left ``running``.
 """
 
@@ -172,7 +174,7 @@ class Processes:
             # Job control, as in an interactive shell: each command runs in its own process group,
             # the terminal's foreground one, so Ctrl-C reaches the program and not the bash
             # around it (which would end the process when the program merely caught it).
-            script = "set -m\n" + command
+            script = "builtin set -m\n" + command
         elif params.get("cols") is not None or params.get("rows") is not None:
             raise AgentError("INVALID_ARGUMENT", "cols and rows are the size of a terminal: pass them with tty=true")
         else:

@@ -194,7 +194,8 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
             Field(
                 description="Named keys to press after data, in order: Enter, Tab, BackTab, Escape, Backspace, "
                 "Delete, Insert, Up, Down, Left, Right, Home, End, PageUp, PageDown, Space, F1-F12, C-a..C-z "
-                "(Ctrl: C-c, C-d, C-z, ...), M-<key> (Alt). Without tty only Enter, Tab and Space."
+                "(Ctrl: C-c, C-d, C-z, ...), M-<key> (Alt), or one character (itself). Without tty only Enter, Tab, "
+                "Space and single characters."
             ),
         ] = None,
         sandbox_id: SandboxId = None,

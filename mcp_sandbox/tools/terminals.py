@@ -28,7 +28,8 @@ def render_screen(r: ProcessScreen, wait_for: str | None) -> str:
     lines = r.text.split("\n")
     while lines and not lines[-1]:
         lines.pop()
-    parts.append(f"--- screen ({len(lines)} of {r.rows} rows shown; the rest are blank) ---")
+    blank = f" (the last {r.rows - len(lines)} of {r.rows} rows are blank)" if len(lines) < r.rows else ""
+    parts.append(f"--- screen{blank} ---")
     parts.extend(lines)
     return "\n".join(parts)
 
@@ -42,7 +43,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
             str | None,
             Field(
                 description="A regular expression (Python syntax, ^ and $ match at each line) to wait for on the "
-                "screen, e.g. a prompt '>>> $' or 'Continue\\\\? \\\\[y/n\\\\]'; the matching line comes back in 'matched'."
+                "screen, e.g. a prompt '>>> $' or 'Continue\\? \\[y/n\\]'; the matching line comes back in 'matched'."
             ),
         ] = None,
         timeout: Annotated[
