@@ -21,6 +21,7 @@ from .server import build_server
 from .settings import Settings
 from .stdio import serve_stdio
 from .tenants import Tokens, load_tokens
+from .ui.web import serve_view
 
 logger = logging.getLogger("mcp_sandbox")
 
@@ -110,10 +111,12 @@ async def serve(settings: Settings, tokens: Tokens | None = None) -> None:
 
             tg.start_soon(stop_on_signal)
             if settings.transport == "stdio":
+                if settings.ui_port is not None:
+                    await tg.start(serve_view, server, manager, settings.ui_port)
                 await serve_stdio(server)
                 logger.info("stdin closed; destroying all sandboxes")
             else:
-                await serve_http(server, settings, tokens, stop)
+                await serve_http(server, settings, tokens, stop, manager)
             tg.cancel_scope.cancel()
 
 

@@ -1,5 +1,6 @@
 """Streamable HTTP transport: the SDK's app at /mcp behind an optional bearer-token check, each
-token a tenant (tenants.py), with Host/Origin checks on every loopback address."""
+token a tenant (tenants.py), with Host/Origin checks on every loopback address; the live view at
+/ui (ui/web.py), behind the same tokens and checks."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import tenants
 from .errors import SandboxError
+from .manager import SandboxManager
 from .settings import Settings
 from .tenants import Tokens, load_tokens
 
@@ -106,28 +108,50 @@ def check_exposure(settings: Settings) -> None:
         )
 
 
-def build_app(server: MCPServer, settings: Settings, tokens: Tokens | None = None) -> ASGIApp:
+class ViewRouter:
+    """/ui and below to the live view (ui/web.py: it checks tokens itself, since a browser
+    loading a page sends no bearer header); everything else to ``app``."""
+
+    def __init__(self, app: ASGIApp, view: ASGIApp) -> None:
+        self.app = app
+        self.view = view
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        target = self.view if path == "/ui" or path.startswith("/ui/") else self.app
+        await target(scope, receive, send)
+
+
+def build_app(
+    server: MCPServer, settings: Settings, tokens: Tokens | None = None, manager: SandboxManager | None = None
+) -> ASGIApp:
+    """The MCP app at /mcp, and with ``manager`` the live view at /ui."""
     check_exposure(settings)
     tokens = tokens or load_tokens(settings)
-    app: ASGIApp = server.streamable_http_app(
-        streamable_http_path="/mcp", host=settings.host,
-        transport_security=rebinding_protection(settings.host, settings.port),
-    )
+    security = rebinding_protection(settings.host, settings.port)
+    app: ASGIApp = server.streamable_http_app(streamable_http_path="/mcp", host=settings.host, transport_security=security)
     if tokens is not None:
         server.middleware.append(TenantMiddleware(tokens))
         app = BearerAuth(app, tokens)
+    if manager is not None:
+        from .ui.web import view_app
+
+        app = ViewRouter(app, view_app(server, manager, tokens, security))
     return app
 
 
 async def serve_http(
-    server: MCPServer, settings: Settings, tokens: Tokens | None = None, stop: anyio.Event | None = None
+    server: MCPServer, settings: Settings, tokens: Tokens | None = None, stop: anyio.Event | None = None,
+    manager: SandboxManager | None = None,
 ) -> None:
     """Serve until uvicorn stops (it stops on SIGINT and SIGTERM itself), or ``stop`` is set."""
     import uvicorn
 
-    app = build_app(server, settings, tokens)
+    app = build_app(server, settings, tokens, manager)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
     logger.info("serving MCP over HTTP at http://%s:%d/mcp", settings.host, settings.port)
+    if manager is not None:
+        logger.info("live view at http://%s:%d/ui%s", settings.host, settings.port, "#token=<token>" if tokens else "")
     http = uvicorn.Server(config)
     async with anyio.create_task_group() as tg:
 

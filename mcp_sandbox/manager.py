@@ -32,6 +32,7 @@ from .models import Limits
 from .ports import ExposedPorts
 from .sandbox import Sandbox
 from .settings import Settings
+from .ui.activity import ActivityLog, note
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class SandboxManager:
         self._stopping = False
         self.ports = ExposedPorts(self.settings)  # the sandboxes' exposed ports (expose_port)
         self.egress = EgressProxies(self.settings.allow_hosts, self.settings.inject_headers)
+        # What each sandbox ran lately, for the live view (filled by ui.activity.ActivityRecorder).
+        self.activity: dict[str, ActivityLog] = {}
 
     @property
     def backend(self) -> Backend:
@@ -286,6 +289,7 @@ class SandboxManager:
         """The sandbox a tool call names (or the default one); the call counts as its use."""
         sandbox = await self._find(sandbox_id)
         sandbox.last_used_at = time.time()
+        note(sandbox)  # the live view's record learns which sandbox this call runs in
         return sandbox
 
     @property
@@ -338,6 +342,7 @@ class SandboxManager:
             raise SandboxError("SANDBOX_NOT_FOUND", f"no sandbox {sandbox_id!r}; it may already be destroyed")
         if self._default_ids.get(sandbox.tenant) == sandbox_id:
             del self._default_ids[sandbox.tenant]
+        self.activity.pop(sandbox_id, None)
         await self._remove(sandbox)
         logger.info("destroyed sandbox %s of tenant %s", sandbox_id, sandbox.tenant, extra=tenants.of(sandbox.tenant))
         self._refill_spares()  # room under --max-sandboxes again

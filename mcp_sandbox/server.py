@@ -8,6 +8,7 @@ from . import __version__, prompts
 from .client_log import ClientLog
 from .manager import SandboxManager
 from .tools import code, files, ports, processes, sandboxes, sessions, terminals
+from .ui import view
 
 INSTRUCTIONS = """\
 mcp-sandbox gives you a real Linux sandbox: a bash shell whose state persists, files, and more.
@@ -36,9 +37,11 @@ def build_server(manager: SandboxManager) -> MCPServer:
         version=__version__,
         log_level=manager.settings.log_level,
         lifespan=client_log.lifespan,
+        extensions=[view.apps()],  # MCP Apps: the live view (ui/)
     )
     client_log.install(server)
     for module in (sandboxes, sessions, processes, terminals, files, code, ports):
         module.register(server, manager)
     prompts.register(server)
+    view.register(server, manager)
     return server

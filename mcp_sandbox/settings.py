@@ -97,6 +97,12 @@ class Settings(BaseModel):
         description="HTTP: a file of 'name token' lines; each bearer token is a tenant that sees, uses and "
         "lists only the sandboxes it created.",
     )
+    ui_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="stdio: also serve the live view (a page showing the sandbox as the model uses it) on "
+        "127.0.0.1:PORT (0: any free port); its URL, with a one-time token, goes to stderr. "
+        "The HTTP transport serves it at /ui.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field("INFO", description="Log level.")
 
     @field_validator("mounts", mode="before")

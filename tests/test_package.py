@@ -83,6 +83,8 @@ def test_sdist_and_wheel_hold_what_the_server_needs(built: Built) -> None:
         requires = [line.split(":", 1)[1].strip() for line in wheel.read(metadata).decode().splitlines()
                     if line.startswith("Requires-Dist:") and "extra ==" not in line]
     assert {"mcp_sandbox/images/Dockerfile", "mcp_sandbox/agent/main.py"} <= names
+    # The live view's page and its vendored JavaScript, with its licence (no build step at install).
+    assert {f"mcp_sandbox/ui/static/{f}" for f in ("view.html", "view.js", "xterm.js", "LICENSE.xterm.txt")} <= names
     assert {f"mcp_sandbox/_prompts/{p}" for p in prompts} <= names
     # A plain install brings everything --backend docker needs.
     assert {r.split(">")[0].split("<")[0].split("=")[0] for r in requires} >= {"mcp", "anyio", "pydantic", "docker"}

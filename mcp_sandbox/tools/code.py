@@ -12,6 +12,7 @@ from pydantic import Field
 
 from ..manager import SandboxManager
 from ..models import CodeContextCreated, CodeContextDeleted, CodeContextList, CodeResult
+from ..ui.page import TOOL_META
 from .common import (
     CREATES,
     DESTRUCTIVE,
@@ -96,7 +97,7 @@ def image_blocks(r: CodeResult) -> list[ContentBlock]:
 
 
 def register(server: MCPServer, manager: SandboxManager) -> None:
-    @server.tool(annotations=runs_code(manager.settings.network))
+    @server.tool(annotations=runs_code(manager.settings.network), meta=TOOL_META)
     @with_settings(manager.settings)
     @tool_errors
     async def run_code(
@@ -131,7 +132,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
         r = await sandbox.run_code(
             code, context_id=context_id, language=language, timeout=timeout, on_output=progress_reporter(ctx)
         )
-        return result(r, render_code(r), image_blocks(r))
+        return result(r, render_code(r), image_blocks(r), meta=TOOL_META)
 
     @server.tool(annotations=CREATES)
     @with_settings(manager.settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Annotated, ParamSpec, Protocol, TypeVar
+from typing import Annotated, Any, ParamSpec, Protocol, TypeVar
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import (
@@ -116,11 +116,15 @@ async def resource_sandbox(manager: SandboxManager, sandbox_id: str) -> Sandbox:
     return await manager.get(None if sandbox_id == "default" else sandbox_id)
 
 
-def result(model: BaseModel, text: str, extra: list[ContentBlock] | None = None) -> CallToolResult:
-    """A tool result: readable text (and images) for the model, the model as structured content."""
+def result(
+    model: BaseModel, text: str, extra: list[ContentBlock] | None = None, *, meta: dict[str, Any] | None = None
+) -> CallToolResult:
+    """A tool result: readable text (and images) for the model, the model as structured content;
+    ``meta`` becomes its ``_meta`` (the live view's link, for MCP Apps hosts)."""
     return CallToolResult(
         content=[TextContent(type="text", text=text), *(extra or [])],
         structured_content=model.model_dump(mode="json"),
+        _meta=meta,
     )
 
 

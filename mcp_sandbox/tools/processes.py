@@ -21,6 +21,7 @@ from ..models import (
     ProcessStarted,
     ProcessStatus,
 )
+from ..ui.page import TOOL_META
 from .common import (
     CREATES,
     OVERWRITES,
@@ -74,7 +75,7 @@ def render_logs(r: ProcessLogs, wait_for: str | None, wait_for_exit: bool, tail:
 
 
 def register(server: MCPServer, manager: SandboxManager) -> None:
-    @server.tool(annotations=runs_code(manager.settings.network))
+    @server.tool(annotations=runs_code(manager.settings.network), meta=TOOL_META)
     @tool_errors
     async def start_process(
         command: Annotated[str, Field(description="A bash command line to run in the background.")],
@@ -130,7 +131,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
                 f"Read its output with get_process_logs (process_id={r.process_id!r}); "
                 f"logs: {r.stdout_file}, {r.stderr_file}."
             )
-        return result(r, text)
+        return result(r, text, meta=TOOL_META)
 
     @server.tool(annotations=READ_ONLY)
     @tool_errors

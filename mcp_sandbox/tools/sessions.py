@@ -10,6 +10,7 @@ from pydantic import Field
 
 from ..manager import SandboxManager
 from ..models import EnvVarsSet, ExecResult, SessionCreated, SessionDeleted, SessionList
+from ..ui.page import TOOL_META
 from .common import (
     CREATES,
     DESTRUCTIVE,
@@ -46,7 +47,7 @@ def render_exec(r: ExecResult) -> str:
 
 
 def register(server: MCPServer, manager: SandboxManager) -> None:
-    @server.tool(annotations=runs_code(manager.settings.network))
+    @server.tool(annotations=runs_code(manager.settings.network), meta=TOOL_META)
     @with_settings(manager.settings)
     @tool_errors
     async def exec(
@@ -76,7 +77,7 @@ def register(server: MCPServer, manager: SandboxManager) -> None:
             command, session_id=session_id, timeout=timeout, cwd=cwd, env=env, stdin=stdin,
             on_output=progress_reporter(ctx),
         )
-        return result(r, render_exec(r))
+        return result(r, render_exec(r), meta=TOOL_META)
 
     @server.tool(annotations=CREATES)
     @with_settings(manager.settings)
