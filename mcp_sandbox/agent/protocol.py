@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 from .api import CANCEL
@@ -58,18 +59,32 @@ class Base64Text(str):
     1.4 MB) it is put into the line as it is, where json.dumps would spend milliseconds scanning it."""
 
 
+# Lone surrogates: names that are not UTF-8 (os gives their bytes as surrogate escapes) or text
+# passed in by an in-process host.
+SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def utf8(text: str) -> bytes:
+    """``text`` in valid UTF-8, the only lines the host reads: a lone surrogate becomes U+FFFD, as
+    undecodable bytes in command output do (a file named b'\\xff' must not stop the sandbox)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return SURROGATES.sub("\ufffd", text).encode("utf-8")
+
+
 def encode(message: Dict[str, Any]) -> bytes:
     """One JSON line; a Base64Text ``result["data"]`` goes in last, unscanned."""
     result = message.get("result")
     payload = result.get("data") if isinstance(result, dict) else None
     if not isinstance(result, dict) or not isinstance(payload, Base64Text):
-        return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogateescape") + b"\n"
+        return utf8(json.dumps(message, ensure_ascii=False, separators=(",", ":"))) + b"\n"
     rest = dict((key, value) for key, value in result.items() if key != "data")
     outer = dict((key, value) for key, value in message.items() if key != "result")
     outer["result"] = rest
     head = json.dumps(outer, ensure_ascii=False, separators=(",", ":"))  # ends with two closing braces
     opening = b',"data":"' if rest else b'"data":"'
-    return head[:-2].encode("utf-8", "surrogateescape") + opening + payload.encode("ascii") + b'"}}\n'
+    return utf8(head[:-2]) + opening + payload.encode("ascii") + b'"}}\n'
 
 
 class Connection:
