@@ -35,6 +35,8 @@ MAX_INTERVAL = 60.0
 # Growth allowed while over the budget before everything is stopped again (the agent's own state
 # files and a `du` to look around must not count as a new offence).
 SLACK = 1 << 20
+# A file transfer at least this big measures the sandbox first, to refuse what would not fit.
+MEASURE_FIRST = 1 << 20
 
 
 def usage(top: Path) -> int:
@@ -120,10 +122,22 @@ class DiskBudget:
             self.over = self.message()
         return self.used
 
-    async def check_room(self) -> None:
-        """LIMIT_REACHED while the sandbox is over its budget (measured again first)."""
-        if self.over is not None and await self.measure() > self.budget:
-            raise SandboxError("LIMIT_REACHED", self.message())
+    async def check_room(self, incoming: int = 0) -> None:
+        """LIMIT_REACHED while the sandbox is over its budget, or would be with ``incoming`` more
+        bytes written (a file transfer's size). Measured again first, except for a small write that
+        fits by the last measure: the watch catches what that misses."""
+        if self.over is None and incoming < MEASURE_FIRST and self.used + incoming <= self.budget:
+            return
+        used = await self.measure()
+        if self.over is not None:
+            raise SandboxError("LIMIT_REACHED", self.over)
+        if used + incoming > self.budget:
+            raise SandboxError(
+                "LIMIT_REACHED",
+                f"writing {format_size(incoming)} would take the sandbox past its {format_size(self.budget)} "
+                f"disk budget (--disk), of which it uses {format_size(used)}, counting its workspace and "
+                "temporary files; delete files (rm, delete_file) or write less",
+            )
 
     async def watch(self, stop: Callable[[str], Awaitable[None]]) -> None:
         """Measure now and then, and call ``stop`` with the message when the sandbox is over its
