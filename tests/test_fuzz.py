@@ -87,3 +87,16 @@ async def test_arguments_of_the_wrong_type_are_a_coded_error(mcp: Tools) -> None
     assert err.startswith("INVALID_ARGUMENT: command: ") and "exec tool's input schema" in err
     err = await mcp.error("get_process_logs", process_id="p", timeout=-1)
     assert err.startswith("INVALID_ARGUMENT: timeout: ")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("backend", ["bwrap"])  # a sandbox user that cannot read every file
+async def test_a_move_across_filesystems_that_cannot_copy_everything_moves_nothing(mcp: Tools) -> None:
+    # move_file /etc -> the workspace: shutil's error listing every unreadable file was INTERNAL,
+    # and the partial copy stayed behind.
+    await mcp.sh("mkdir -p /dev/shm/t/sub && echo a > /dev/shm/t/a && echo s > /dev/shm/t/sub/secret "
+                 "&& chmod 000 /dev/shm/t/sub/secret")
+    err = await mcp.error("move_file", source="/dev/shm/t", destination="moved")
+    assert "PERMISSION_DENIED" in err and "/dev/shm/t/sub/secret" in err, err
+    r = await mcp.sh("ls moved 2>&1; ls /dev/shm/t")
+    assert "No such file" in r["stdout"] and "a\nsub\n" in r["stdout"], r

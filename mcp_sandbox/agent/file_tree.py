@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -76,7 +77,20 @@ def remove_tree(path: str) -> None:
 
 
 def move_across(source: str, destination: str) -> None:
-    """Move across filesystems (rename cannot), replacing a directory at the destination."""
+    """Move across filesystems (rename cannot), replacing a directory at the destination. A tree
+    of which some files cannot be copied is not moved: the partial copy is removed, and the error
+    is the first file's (shutil gathers them all in one shutil.Error)."""
     if os.path.isdir(destination) and not os.path.islink(destination):
         shutil.rmtree(destination)
-    shutil.move(source, destination)
+    try:
+        shutil.move(source, destination)
+    except shutil.Error as exc:
+        if os.path.isdir(destination) and not os.path.islink(destination):
+            remove_tree(destination)
+        problems = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+        failed, why = (problems[0][0], str(problems[0][2])) if problems and len(problems[0]) == 3 else (source, str(exc))
+        denied = "Permission denied" in why
+        raise (PermissionError if denied else OSError)(
+            errno.EACCES if denied else errno.EIO, "%d files could not be copied, so nothing was moved (first: %s)"
+            % (len(problems), why), failed,
+        ) from None
