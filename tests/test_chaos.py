@@ -1,7 +1,7 @@
 """Chaos: the parts of a sandbox die in the middle of a call. The agent (kill -9) during exec, a
 file transfer and run_code; a code context's worker during run_code; the container during exec;
 the disk budget filled by a transfer; the client gone in the middle of streamed output; the Docker
-engine restarted during a call. Each ends in a clear result or coded error for the call, a server
+engine restarted during a call (in CI, which runs its own engine). Each ends in a clear result or coded error for the call, a server
 that still works, and a next call that works or gets a fresh sandbox.
 
 Pids come from the sandbox this test's own server made (its agent, found through its handle, and
@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import signal
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from mcp_sandbox.manager import SandboxManager
 from mcp_sandbox.sandbox import Sandbox
 from mcp_sandbox.server import build_server
 
-from .conftest import Tools, require_backend, settings_for
+from .conftest import IN_CI, Tools, require_backend, settings_for
 from .helpers import cmdline, eventually, pids_with
 from .test_hostile_agent import agent_pid
 
@@ -240,3 +241,51 @@ async def test_client_gone_mid_stream(tmp_path: Path) -> None:
                 # The abandoned command was interrupted: its session takes commands again.
                 assert (await mcp.sh("echo free", sandbox_id=sid, session_id="streamer"))["stdout"] == "free\n"
             assert await eventually(lambda: not pids_with(marker), 20)
+
+
+DOCKER_SETUP = Path(__file__).resolve().parent.parent / ".ci" / "docker-setup.sh"
+
+
+def dockerd_pid() -> int:
+    """The running engine's pid, from the pid file docker-setup.sh's dockerd writes."""
+    pid = int(Path("/var/run/docker.pid").read_text().strip())
+    assert Path(f"/proc/{pid}/comm").read_text().strip() == "dockerd", "/var/run/docker.pid names no dockerd"
+    return pid
+
+
+def gone(pid: int) -> bool:
+    """Exited: no process, or a zombie (on CI machines PID 1 may not reap an orphaned daemon)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def engine_up() -> None:
+    """Start the engine as CI does, unless it answers; fail if it does not come back."""
+    subprocess.run(["bash", str(DOCKER_SETUP)], check=True, timeout=300, stdout=subprocess.DEVNULL)
+
+
+async def test_docker_engine_restarted_mid_call(on_docker: tuple[SandboxManager, Tools]) -> None:
+    # CI machines run their own engine (.ci/docker-setup.sh); where one engine serves others,
+    # MCP_SANDBOX_TEST_DOCKERD_RESTART=0 keeps this test from stopping their containers.
+    if os.environ.get("MCP_SANDBOX_TEST_DOCKERD_RESTART", "1" if IN_CI else "0") != "1":
+        pytest.skip("restarts the Docker engine: runs in CI, or with MCP_SANDBOX_TEST_DOCKERD_RESTART=1")
+    manager, mcp = on_docker
+    sid, _ = await sandbox(manager, mcp)
+    engine = dockerd_pid()
+    try:
+        result = await during(streamed(mcp, "exec", command="echo started; sleep 60", sandbox_id=sid), "started",
+                              lambda: os.kill(engine, signal.SIGTERM))
+        assert result.is_error and code_of(result) == "BACKEND_UNAVAILABLE", result
+        assert await eventually(lambda: gone(engine), 60)
+        # While the engine is down: a clear error, not a hang.
+        with anyio.fail_after(CALL_CEILING):
+            down = await mcp.raw("create_sandbox")
+        assert down.is_error and code_of(down) == "BACKEND_UNAVAILABLE", down
+        await anyio.to_thread.run_sync(engine_up)
+        # The same server talks to the new engine: the old sandbox is gone, a fresh one works.
+        with anyio.fail_after(CALL_CEILING):
+            await next_call_works(mcp, sid)
+    finally:
+        await anyio.to_thread.run_sync(engine_up)
