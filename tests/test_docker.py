@@ -96,6 +96,19 @@ def remove_stale_test_images(client: Any) -> None:
                 remove_image(client, tag)
 
 
+def test_root_images_of_test_runs_that_are_gone_are_removed(client: Any) -> None:
+    # A run that never reached its teardown left mcp-sandbox-test-root:<pid> behind on CI.
+    dead = f"{socket.gethostname()}:{os.getpid()}:0"  # this pid, another start time: gone
+    stale = f"{ROOT_IMAGE}:stale-{os.getpid()}"
+    client.images.build(fileobj=io.BytesIO(f"FROM {DOCKER_IMAGE}\nUSER root\n".encode()), tag=stale, rm=True,
+                        labels={LABEL_TEST_RUN: dead})
+    try:
+        remove_stale_test_images(client)
+        assert stale not in {tag for image in client.images.list(name=ROOT_IMAGE) for tag in image.tags}
+    finally:
+        remove_image(client, stale)
+
+
 def containers(client: Any, **labels: str) -> list[dict[str, Any]]:
     filters = [f"{key}={value}" for key, value in labels.items()]
     found: list[dict[str, Any]] = client.api.containers(all=True, filters={"label": filters})
