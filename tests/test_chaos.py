@@ -1,5 +1,6 @@
 """Chaos: the parts of a sandbox die in the middle of a call. The agent (kill -9) during exec, a
-file transfer and run_code; a code context's worker during run_code; the container during exec;
+file transfer and run_code; a code context's worker during run_code; the container during exec
+and a file transfer;
 the disk budget filled by a transfer; the client gone in the middle of streamed output; the Docker
 engine restarted during a call (in CI, which runs its own engine). Each ends in a clear result or coded error for the call, a server
 that still works, and a next call that works or gets a fresh sandbox.
@@ -131,6 +132,11 @@ def bytes_read(pid: int) -> int:
 
 async def test_agent_killed_mid_file_transfer(served: tuple[SandboxManager, Tools]) -> None:
     manager, mcp = served
+    await killed_mid_transfer(manager, mcp, lambda box: kill(agent_pid(box)))
+
+
+async def killed_mid_transfer(manager: SandboxManager, mcp: Tools, victim: Callable[[Sandbox], None]) -> None:
+    """A 48 MiB write_file, and ``victim`` struck once the agent has read a few MiB of it."""
     sid, box = await sandbox(manager, mcp)
     agent = agent_pid(box)
     size = 48 << 20
@@ -145,7 +151,7 @@ async def test_agent_killed_mid_file_transfer(served: tuple[SandboxManager, Tool
             tg.start_soon(write)
             # Some chunks arrived, most are still to come.
             assert await eventually(lambda: bytes_read(agent) - before > 4 << 20, 30, interval=0.005)
-            kill(agent)
+            victim(box)
     [result] = results
     assert result.is_error and code_of(result) == "BACKEND_UNAVAILABLE", result
     await next_call_works(mcp, sid)
@@ -174,6 +180,15 @@ async def test_code_worker_killed_mid_run_code(served: tuple[SandboxManager, Too
     again = await mcp("run_code", code="print(1 + 1)", sandbox_id=sid)
     assert again["stdout"] == "2\n"
     assert (await mcp.sh("echo same", sandbox_id=sid))["stdout"] == "same\n"
+
+
+async def test_agent_killed_mid_run_code(served: tuple[SandboxManager, Tools]) -> None:
+    manager, mcp = served
+    sid, box = await sandbox(manager, mcp)
+    code = "print('started', flush=True)\nimport time\ntime.sleep(60)"
+    result = await during(streamed(mcp, "run_code", code=code, sandbox_id=sid), "started", lambda: kill(agent_pid(box)))
+    assert result.is_error and code_of(result) == "BACKEND_UNAVAILABLE", result
+    await next_call_works(mcp, sid)
 
 
 @pytest.mark.parametrize("local", ["bwrap", "none"])  # the server keeps the budget of local sandboxes
@@ -208,6 +223,16 @@ async def test_container_killed_mid_exec(on_docker: tuple[SandboxManager, Tools]
                           lambda: handle.client.api.kill(handle.container_id))
     assert result.is_error and code_of(result) == "BACKEND_UNAVAILABLE", result
     await next_call_works(mcp, sid)
+
+
+async def test_container_killed_mid_file_transfer(on_docker: tuple[SandboxManager, Tools]) -> None:
+    manager, mcp = on_docker
+
+    def kill_container(box: Sandbox) -> None:
+        handle: Any = box.handle
+        handle.client.api.kill(handle.container_id)
+
+    await killed_mid_transfer(manager, mcp, kill_container)
 
 
 async def test_client_gone_mid_stream(tmp_path: Path) -> None:
