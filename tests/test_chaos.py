@@ -1,9 +1,9 @@
 """Chaos: the parts of a sandbox die in the middle of a call. The agent (kill -9) during exec, a
 file transfer and run_code; a code context's worker during run_code; the container during exec
-and a file transfer;
-the disk budget filled by a transfer; the client gone in the middle of streamed output; the Docker
-engine restarted during a call (in CI, which runs its own engine). Each ends in a clear result or coded error for the call, a server
-that still works, and a next call that works or gets a fresh sandbox.
+and a file transfer; the disk budget filled by a transfer; the client gone in the middle of
+streamed output; the Docker engine restarted during a call (in CI, which runs its own engine).
+Each ends in a clear result or coded error for the call, a server that still works, and a next
+call that works or gets a fresh sandbox.
 
 Pids come from the sandbox this test's own server made (its agent, found through its handle, and
 that agent's descendants): nothing is killed by pattern.
