@@ -154,11 +154,11 @@ def judge(tool: str, arguments: dict[str, Any], result: CallToolResult, outcome:
     """A correct result or a coded error; never an INTERNAL one or a traceback."""
     outcome.calls += 1
     text = "\n".join(getattr(block, "text", "") for block in result.content)
-    assert "Traceback" not in text, (tool, arguments, text)
-    if not result.is_error:
+    if not result.is_error:  # (its text may hold anything a command printed)
         assert result.structured_content is not None, (tool, arguments, text)
         outcome.results += 1
         return
+    assert "Traceback" not in text, (tool, arguments, text)
     coded = CODED.match(text)
     assert coded, f"{tool} {arguments!r}: uncoded error {text[:300]!r}"
     code = coded.group(1)
