@@ -66,6 +66,7 @@ class SoakResult:
     leftovers: Leftovers
     errors: list[str]
     alive: Leftovers  # what the same checks found while one sandbox lived: proves they see things
+    after_exit: list[str]  # the server's own cgroups still there once it exited
 
 
 def descendants(pid: int) -> list[int]:
@@ -97,15 +98,16 @@ def describe(pid: int) -> str:
         return f"{pid}: (gone)"
 
 
-def cgroups_of(pid: int) -> list[str]:
-    """Sandbox cgroups still under the server's own cgroups (cgroups.py: <mount>/mcp-sandbox/srv-...)."""
+def server_cgroups(pid: int) -> list[Path]:
+    """The server's own cgroups (cgroups.py: <mount>/mcp-sandbox/srv-<pid>-<start time>)."""
     owner = f"srv-{pid}-{process_start_time(pid)}"
-    found = []
-    for base in [*Path("/sys/fs/cgroup").glob("*/mcp-sandbox"), Path("/sys/fs/cgroup/mcp-sandbox")]:
-        server = base / owner
-        if server.is_dir():
-            found += [str(p) for p in server.iterdir() if p.is_dir()]
-    return found
+    bases = [*Path("/sys/fs/cgroup").glob("*/mcp-sandbox"), Path("/sys/fs/cgroup/mcp-sandbox")]
+    return [base / owner for base in bases if (base / owner).is_dir()]
+
+
+def cgroups_of(pid: int) -> list[str]:
+    """Sandbox cgroups still under the server's own."""
+    return [str(p) for server in server_cgroups(pid) for p in server.iterdir() if p.is_dir()]
 
 
 def containers_of(pid: int) -> list[str]:
@@ -182,7 +184,11 @@ async def soak(backend: str, cycles: int, concurrency: int = 5) -> SoakResult:
         seconds = time.monotonic() - started
         found = await settle(server, backend)
         after = Usage.of(server.pid)
-    return SoakResult(backend, cycles, seconds, before, after, found, errors, alive)
+        own = server_cgroups(server.pid)
+    deadline = time.monotonic() + 10
+    while any(p.exists() for p in own) and time.monotonic() < deadline:
+        await anyio.sleep(0.1)
+    return SoakResult(backend, cycles, seconds, before, after, found, errors, alive, [str(p) for p in own if p.exists()])
 
 
 def summary(r: SoakResult) -> str:
@@ -191,6 +197,7 @@ def summary(r: SoakResult) -> str:
         f"fds {r.before.fds}->{r.after.fds}, threads {r.before.threads}->{r.after.threads}, "
         f"RSS {r.before.rss_kb / 1024:.1f}->{r.after.rss_kb / 1024:.1f} MB; "
         f"left behind: {'nothing' if r.leftovers.empty() else r.leftovers}"
+        + (f"; after its exit: {r.after_exit}" if r.after_exit else "")
     )
 
 
@@ -206,7 +213,7 @@ def main() -> None:
         print(summary(result), flush=True)
         for error in result.errors[:5]:
             print("  ", error)
-        failed |= bool(result.errors) or not result.leftovers.empty()
+        failed |= bool(result.errors) or not result.leftovers.empty() or bool(result.after_exit)
     sys.exit(1 if failed else 0)
 
 

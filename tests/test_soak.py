@@ -27,6 +27,7 @@ async def test_soak(backend: str) -> None:
     alive = result.alive
     assert alive.processes and alive.directories and alive.cgroups if backend != "docker" else alive.containers, alive
     assert result.leftovers.empty(), result.leftovers
+    assert result.after_exit == [], "the server's own cgroups outlived it"
     assert result.after.fds - result.before.fds <= FDS.get(backend, 3), summary(result)
     assert result.after.threads - result.before.threads <= THREADS, summary(result)
     assert result.after.rss_kb - result.before.rss_kb <= RSS_KB, summary(result)
