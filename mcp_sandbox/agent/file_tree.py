@@ -9,6 +9,8 @@ import stat
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
+from .protocol import AgentError
+
 LIST_MAX = 10000
 
 
@@ -89,8 +91,10 @@ def move_across(source: str, destination: str) -> None:
             remove_tree(destination)
         problems = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
         failed, why = (problems[0][0], str(problems[0][2])) if problems and len(problems[0]) == 3 else (source, str(exc))
-        denied = "Permission denied" in why
-        raise (PermissionError if denied else OSError)(
-            errno.EACCES if denied else errno.EIO, "%d files could not be copied, so nothing was moved (first: %s)"
-            % (len(problems), why), failed,
+        if "Permission denied" in why:
+            raise PermissionError(errno.EACCES, why, failed) from None
+        raise AgentError(
+            "FILE_TOO_LARGE" if "No space" in why or "quota" in why else "INVALID_ARGUMENT",
+            "%d files could not be copied to %s, so nothing was moved (first: %s: %s); move what can be "
+            "copied, or copy with exec" % (len(problems), destination, failed, why),
         ) from None
