@@ -150,6 +150,7 @@ def find_pid(marker: str) -> int:
 class Server:
     client: Client
     pid: int
+    root: Path  # its --workspace-root
 
     async def call(self, tool: str, **arguments: Any) -> dict[str, Any]:
         result: CallToolResult = await self.client.call_tool(tool, arguments)
@@ -170,7 +171,7 @@ async def mcp_sandbox(backend: str, *args: str) -> AsyncIterator[Server]:
         env={k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "MCP_SANDBOX_IMAGE")},
     )
     async with Client(params) as client:
-        yield Server(client, find_pid(f"--workspace-root {root}"))
+        yield Server(client, find_pid(f"--workspace-root {root}"), root)
 
 
 @asynccontextmanager

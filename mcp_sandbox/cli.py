@@ -14,6 +14,7 @@ import anyio
 from pydantic import ValidationError
 
 from . import __version__
+from .backends import cgroups
 from .errors import SandboxError
 from .http import check_exposure, serve_http
 from .manager import SandboxManager
@@ -130,6 +131,7 @@ def startup_error(exc: BaseException) -> SandboxError | None:
 
 
 def exit_now(code: int) -> None:
+    cgroups.remove_own()
     logging.shutdown()
     sys.stdout.flush()
     os._exit(code)

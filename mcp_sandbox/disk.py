@@ -39,6 +39,8 @@ SLACK = 1 << 20
 # A sandbox with at most this many files and directories is measured on the event loop (about
 # 0.1 ms; a hop to a worker thread costs more than that), a bigger one in a thread.
 INLINE_ENTRIES = 64
+# A file transfer at least this big measures the sandbox first, to refuse what would not fit.
+MEASURE_FIRST = 1 << 20
 
 
 class TooMany(Exception):
@@ -139,10 +141,22 @@ class DiskBudget:
         """The filesystem's used bytes, then the sandbox's."""
         return filesystem_used(self.directory), usage(self.directory, most)
 
-    async def check_room(self) -> None:
-        """LIMIT_REACHED while the sandbox is over its budget (measured again first)."""
-        if self.over is not None and await self.measure() > self.budget:
-            raise SandboxError("LIMIT_REACHED", self.message())
+    async def check_room(self, incoming: int = 0) -> None:
+        """LIMIT_REACHED while the sandbox is over its budget, or would be with ``incoming`` more
+        bytes written (a file transfer's size). Measured again first, except for a small write that
+        fits by the last measure: the watch catches what that misses."""
+        if self.over is None and incoming < MEASURE_FIRST and self.used + incoming <= self.budget:
+            return
+        used = await self.measure()
+        if self.over is not None:
+            raise SandboxError("LIMIT_REACHED", self.over)
+        if used + incoming > self.budget:
+            raise SandboxError(
+                "LIMIT_REACHED",
+                f"writing {format_size(incoming)} would take the sandbox past its {format_size(self.budget)} "
+                f"disk budget (--disk), of which it uses {format_size(used)}, counting its workspace and "
+                "temporary files; delete files (rm, delete_file) or write less",
+            )
 
     async def watch(self, stop: Callable[[str], Awaitable[None]]) -> None:
         """Measure now and then, and call ``stop`` with the message when the sandbox is over its

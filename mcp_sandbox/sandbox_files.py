@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 
 from .agent.api import Method
 from .backends.base import AgentHandle
@@ -36,11 +38,11 @@ class SandboxFiles:
 
     async def write_file(self, path: str, data: Bytes | str, *, session_id: str | None = None) -> FileWritten:
         """Write a whole file (str as UTF-8), atomically; big data moves in chunks."""
-        if self.handle.disk is not None:
-            await self.handle.disk.check_room()
         if isinstance(data, str):
             data = data.encode("utf-8", "replace")
         view = memoryview(data).cast("B")
+        if self.handle.disk is not None:
+            await self.handle.disk.check_room(len(view))
         if len(view) <= FILE_CHUNK:
             result = await self.call(Method.WRITE_FILE, {"path": path, "data": view, "session_id": session_id})
             return FileWritten.model_validate(result)
@@ -59,24 +61,19 @@ class SandboxFiles:
         handle = opened["handle"]
         committed = False
         try:
-            window = anyio.Semaphore(CHUNKS_IN_FLIGHT)
             position = 0
 
             async def send(part: memoryview, offset: int) -> None:
-                try:
-                    await self.call(Method.FILE_WRITE_CHUNK, {"handle": handle, "data": part, "offset": offset})
-                finally:
-                    window.release()
+                await self.call(Method.FILE_WRITE_CHUNK, {"handle": handle, "data": part, "offset": offset})
 
             # Several chunks in flight, each with its offset, so that the channel and the agent's
             # writing overlap.
-            async with anyio.create_task_group() as tg:
+            async with _in_flight() as flight:
                 async for chunk in _iterate(chunks):
                     piece = memoryview(chunk).cast("B")
                     for i in range(0, len(piece), FILE_CHUNK):
                         part = piece[i : i + FILE_CHUNK]
-                        await window.acquire()
-                        tg.start_soon(send, part, position)
+                        await flight.start(send, part, position)
                         position += len(part)
             result = await self.call(Method.FILE_WRITE_CLOSE, {"handle": handle, "commit": True})
             committed = True
@@ -134,24 +131,19 @@ class SandboxFiles:
         buffer = bytearray(limit)
         whole = memoryview(buffer)
         short: list[int] = []
-        window = anyio.Semaphore(CHUNKS_IN_FLIGHT)
 
         async def fetch(offset: int) -> None:
-            try:
-                target = whole[offset : offset + FILE_CHUNK]
-                data = await self._read_chunk(handle, start + offset, target)  # read into target
-                if data.obj is not buffer:  # it did not fit (the agent sent more than asked)
-                    data = data[: len(target)]
-                    target[: len(data)] = data
-                if len(data) < len(target):
-                    short.append(offset + len(data))
-            finally:
-                window.release()
+            target = whole[offset : offset + FILE_CHUNK]
+            data = await self._read_chunk(handle, start + offset, target)  # read into target
+            if data.obj is not buffer:  # it did not fit (the agent sent more than asked)
+                data = data[: len(target)]
+                target[: len(data)] = data
+            if len(data) < len(target):
+                short.append(offset + len(data))
 
-        async with anyio.create_task_group() as tg:
+        async with _in_flight() as flight:
             for offset in range(0, limit, FILE_CHUNK):
-                await window.acquire()
-                tg.start_soon(fetch, offset)
+                await flight.start(fetch, offset)
         whole.release()
         if short:
             try:
@@ -218,6 +210,41 @@ class SandboxFiles:
             {"source": source, "destination": destination, "overwrite": overwrite or None, "session_id": session_id},
         )
         return FileMoved.model_validate(result)
+
+
+class _Flight:
+    """Chunk calls in flight, CHUNKS_IN_FLIGHT at most. The first to fail cancels the rest and is
+    raised alone (see _in_flight)."""
+
+    def __init__(self, tg: TaskGroup) -> None:
+        self._tg = tg
+        self._window = anyio.Semaphore(CHUNKS_IN_FLIGHT)
+        self.failure: SandboxError | None = None
+
+    async def start(self, call: Callable[..., Awaitable[None]], *args: Any) -> None:
+        await self._window.acquire()
+        self._tg.start_soon(self._run, call, *args)
+
+    async def _run(self, call: Callable[..., Awaitable[None]], *args: Any) -> None:
+        try:
+            await call(*args)
+        except SandboxError as exc:
+            if self.failure is None:
+                self.failure = exc
+            self._tg.cancel_scope.cancel()
+        finally:
+            self._window.release()
+
+
+@asynccontextmanager
+async def _in_flight() -> AsyncIterator[_Flight]:
+    """Chunks in flight whose failure is the first chunk's error. When the agent dies, every chunk
+    in flight fails alike: as a group of errors, that was no tool error but a traceback."""
+    async with anyio.create_task_group() as tg:
+        flight = _Flight(tg)
+        yield flight
+    if flight.failure is not None:
+        raise flight.failure
 
 
 async def _iterate(chunks: Iterable[Bytes] | AsyncIterable[Bytes]) -> AsyncIterator[Bytes]:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from mcp.server.mcpserver import MCPServer
+from typing import Any
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import CallToolResult, InputRequiredResult
+from pydantic import ValidationError
 
 from . import __version__, prompts
 from .client_log import ClientLog
@@ -28,9 +33,30 @@ mcp-sandbox gives you a real Linux sandbox: a bash shell whose state persists, f
 """
 
 
+class SandboxServer(MCPServer):
+    """An MCPServer whose argument errors are coded like every other error the model reads."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if not isinstance(exc.__cause__, ValidationError):
+                raise
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc']) or 'arguments'}: {error['msg']}"
+                for error in exc.__cause__.errors(include_url=False)[:5]
+            )
+            # From the ValidationError, so the server's log still names only the fields.
+            raise ToolError(
+                f"INVALID_ARGUMENT: {problems}; see the {name} tool's input schema"
+            ) from exc.__cause__
+
+
 def build_server(manager: SandboxManager) -> MCPServer:
     client_log = ClientLog()
-    server = MCPServer(
+    server = SandboxServer(
         "mcp-sandbox",
         title="mcp-sandbox",
         instructions=INSTRUCTIONS,

@@ -78,9 +78,11 @@ def settings_for(backend: str, root: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"workspace_root": root, "command_timeout": 60}
     if backend in ("bwrap", "none"):
         values.update(backend="local", isolation=backend)
+    elif backend == "docker-runsc":  # Docker with gVisor (tests/test_gvisor.py)
+        values.update(backend="docker", runtime="runsc")
     else:
         values.update(backend=backend)
-    if backend == "docker":
+    if backend.startswith("docker"):
         values["image"] = DOCKER_IMAGE
     values.update(overrides)
     return Settings(**values)
@@ -89,8 +91,10 @@ def settings_for(backend: str, root: Path, **overrides: Any) -> Settings:
 def require_backend(backend: str) -> None:
     if backend == "bwrap" and not shutil.which("bwrap"):
         unavailable("bubblewrap is not installed")
-    if backend == "docker" and (problem := docker_problem()) is not None:
+    if backend.startswith("docker") and (problem := docker_problem()) is not None:
         unavailable(problem)
+    if backend == "docker-runsc" and not runsc_listed():
+        unavailable("Docker does not list the runsc (gVisor) runtime; .ci/docker-setup.sh registers it")
 
 
 @functools.cache
@@ -108,6 +112,13 @@ def docker_problem() -> str | None:
     except Exception:
         return f"the Docker test image {DOCKER_IMAGE} is missing; build it with .ci/build-test-image.sh"
     return None
+
+
+@functools.cache
+def runsc_listed() -> bool:
+    from mcp_sandbox.backends import docker
+
+    return "runsc" in (docker.connect(docker.PROBE_TIMEOUT).info().get("Runtimes") or {})
 
 
 @pytest.fixture(params=BACKENDS)

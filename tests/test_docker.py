@@ -30,7 +30,7 @@ from mcp_sandbox.agent.bundle import write_bundle
 from mcp_sandbox.backends import docker as docker_backend
 from mcp_sandbox.backends import docker_stream
 from mcp_sandbox.backends.local import LocalBackend
-from mcp_sandbox.backends.ownership import process_start_time
+from mcp_sandbox.backends.ownership import owner_alive, process_start_time, server_instance
 from mcp_sandbox.errors import SandboxError
 from mcp_sandbox.manager import make_backend
 
@@ -55,22 +55,58 @@ def client(backend: str) -> Any:
     return docker_backend.connect()
 
 
+ROOT_IMAGE = "mcp-sandbox-test-root"
+# Names the test run that built an image (ownership.server_instance: host, pid, start time), so a
+# later run can remove what a run that never reached its teardown (killed, interrupted) left.
+LABEL_TEST_RUN = "mcp-sandbox.test-run"
+
+
 @pytest.fixture(scope="session")
 def root_image() -> Iterator[str]:
     """The test image running as root, as python:3.12-slim and most images do (built offline)."""
     require_backend("docker")
     client = docker_backend.connect()
-    tag = f"mcp-sandbox-test-root:{os.getpid()}"  # test runs on one engine must not share it
-    client.images.build(fileobj=io.BytesIO(f"FROM {DOCKER_IMAGE}\nUSER root\n".encode()), tag=tag, rm=True)
-    yield tag
-    remove_image(client, tag)
+    remove_stale_test_images(client)
+    tag = f"{ROOT_IMAGE}:{os.getpid()}"  # test runs on one engine must not share it
+    client.images.build(fileobj=io.BytesIO(f"FROM {DOCKER_IMAGE}\nUSER root\n".encode()), tag=tag, rm=True,
+                        labels={LABEL_TEST_RUN: server_instance()})
+    try:
+        yield tag
+    finally:
+        remove_image(client, tag)
 
 
 def remove_image(client: Any, tag: str) -> None:
+    """Remove a test image; only its absence is not an error (a failure must show, not leave it)."""
     try:
         client.images.remove(tag, force=True)
-    except Exception:  # gone already: nothing to clean
+    except docker_backend.sdk().errors.ImageNotFound:
         pass
+
+
+def remove_stale_test_images(client: Any) -> None:
+    """Remove root images of test runs that are gone: labelled ones by their run, older unlabelled
+    ones by the pid in their tag."""
+    for image in client.images.list(name=ROOT_IMAGE):
+        run = image.labels.get(LABEL_TEST_RUN)
+        for tag in image.tags:
+            pid = tag.rpartition(":")[2]
+            gone = owner_alive(run) is False if run else pid.isdigit() and not os.path.exists(f"/proc/{pid}")
+            if gone:
+                remove_image(client, tag)
+
+
+def test_root_images_of_test_runs_that_are_gone_are_removed(client: Any) -> None:
+    # A run that never reached its teardown left mcp-sandbox-test-root:<pid> behind on CI.
+    dead = f"{socket.gethostname()}:{os.getpid()}:0"  # this pid, another start time: gone
+    stale = f"{ROOT_IMAGE}:stale-{os.getpid()}"
+    client.images.build(fileobj=io.BytesIO(f"FROM {DOCKER_IMAGE}\nUSER root\n".encode()), tag=stale, rm=True,
+                        labels={LABEL_TEST_RUN: dead})
+    try:
+        remove_stale_test_images(client)
+        assert stale not in {tag for image in client.images.list(name=ROOT_IMAGE) for tag in image.tags}
+    finally:
+        remove_image(client, stale)
 
 
 def containers(client: Any, **labels: str) -> list[dict[str, Any]]:

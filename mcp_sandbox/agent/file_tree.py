@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Tuple
+
+from .protocol import AgentError
 
 LIST_MAX = 10000
 
@@ -76,7 +79,22 @@ def remove_tree(path: str) -> None:
 
 
 def move_across(source: str, destination: str) -> None:
-    """Move across filesystems (rename cannot), replacing a directory at the destination."""
+    """Move across filesystems (rename cannot), replacing a directory at the destination. A tree
+    of which some files cannot be copied is not moved: the partial copy is removed, and the error
+    is the first file's (shutil gathers them all in one shutil.Error)."""
     if os.path.isdir(destination) and not os.path.islink(destination):
         shutil.rmtree(destination)
-    shutil.move(source, destination)
+    try:
+        shutil.move(source, destination)
+    except shutil.Error as exc:
+        if os.path.isdir(destination) and not os.path.islink(destination):
+            remove_tree(destination)
+        problems = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+        failed, why = (problems[0][0], str(problems[0][2])) if problems and len(problems[0]) == 3 else (source, str(exc))
+        if "Permission denied" in why:
+            raise PermissionError(errno.EACCES, why, failed) from None
+        raise AgentError(
+            "FILE_TOO_LARGE" if "No space" in why or "quota" in why else "INVALID_ARGUMENT",
+            "%d files could not be copied to %s, so nothing was moved (first: %s: %s); move what can be "
+            "copied, or copy with exec" % (len(problems), destination, failed, why),
+        ) from None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import struct
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
 
@@ -65,14 +66,30 @@ def line_limit(max_output: int) -> int:
     return LINE_BASE + 12 * max_output
 
 
-def _json(message: Dict[str, Any], errors: str) -> bytes:
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8", errors)
+# Lone surrogates: names that are not UTF-8 (os gives their bytes as surrogate escapes) or text
+# passed in by an in-process host.
+SURROGATES = re.compile("[\ud800-\udfff]")
 
 
-def encode(message: Dict[str, Any], errors: str = "surrogateescape") -> List[Bytes]:
+def utf8(text: str) -> bytes:
+    """``text`` in valid UTF-8, the only lines the host reads: a lone surrogate becomes U+FFFD, as
+    undecodable bytes in command output do (a file named b'\\xff' must not stop the sandbox)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return SURROGATES.sub("\ufffd", text).encode("utf-8")
+
+
+def _json(message: Dict[str, Any], errors: Optional[str]) -> bytes:
+    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    return utf8(text) if errors is None else text.encode("utf-8", errors)
+
+
+def encode(message: Dict[str, Any], errors: Optional[str] = None) -> List[Bytes]:
     """A message as the pieces of one frame: bytes in ``params["data"]`` or ``result["data"]`` go
     beside the JSON as they are (a BLOB), without a copy. ``errors``: how lone surrogates are
-    encoded (the agent's come from file names, the host's from JSON it was given)."""
+    encoded: by default (the agent's, from file names) as U+FFFD, see utf8; the host passes
+    "surrogatepass" for the JSON it was given, which the agent's json.loads reads back."""
     inner = message.get("params", message.get("result"))
     data = inner.get("data") if isinstance(inner, dict) else None
     if not isinstance(data, (bytes, bytearray, memoryview)):

@@ -24,6 +24,7 @@ is made over to the sandbox's user, and the agent gets it as an open descriptor 
 
 from __future__ import annotations
 
+import atexit
 import errno
 import functools
 import logging
@@ -212,7 +213,29 @@ def remove_tree(directory: Path) -> None:
 
 @functools.cache  # once per server process: it may start a systemd scope
 def detect(owner: str) -> Cgroups | None:
-    """The cgroups this server can use, made ready (``owner``: its ``srv-...`` name), or None."""
+    """The cgroups this server can use, made ready (``owner``: its ``srv-...`` name), or None.
+    They are removed when the process exits, once its sandboxes' are (a server killed before
+    that leaves them to the next server's ``reap``)."""
+    found = _detect(owner)
+    if found is not None:
+        _OWN.extend(tree.path for tree in found.trees)
+        atexit.register(remove_own)
+    return found
+
+
+_OWN: list[Path] = []  # this process's cgroups, made by detect
+
+
+def remove_own() -> None:
+    """Remove this process's cgroups, at its exit (cli.py's ends with os._exit, without atexit)."""
+    while _OWN:
+        try:
+            _OWN.pop().rmdir()
+        except OSError:  # still in use (a sandbox was not destroyed): the next server reaps it
+            pass
+
+
+def _detect(owner: str) -> Cgroups | None:
     mounts = [line.split() for line in _read(Path("/proc/self/mounts")).splitlines()]
     trees: list[Tree] = []
     if os.geteuid() == 0:

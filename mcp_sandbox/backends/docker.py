@@ -34,7 +34,7 @@ from ..mounts import check_mounts
 from ..settings import Settings
 from ..sizes import parse_size
 from .base import AgentConfig, SandboxSpec
-from .docker_engine import PROBE_TIMEOUT, connect, engine_address, probe, remove_container, sdk
+from .docker_engine import PROBE_TIMEOUT, connect, engine_address, engine_gone, probe, remove_container, sdk
 from .docker_images import FALLBACK_IMAGE, IMAGES_DIR, PROJECT_IMAGE, build_image, resolve_image
 from .docker_stream import ContainerStream, wrap_attach_socket
 from .ownership import owner_alive, server_instance
@@ -129,7 +129,10 @@ class DockerBackend:
         """The sandbox image, present on the engine (pulled on first use if needed)."""
         async with self._image_lock:
             if self._image is None:
-                self._image = await anyio.to_thread.run_sync(resolve_image, self.client, self.settings.image)
+                try:
+                    self._image = await anyio.to_thread.run_sync(resolve_image, self.client, self.settings.image)
+                except OSError as exc:
+                    raise engine_gone(exc) from exc
             return self._image
 
     async def start(self, spec: SandboxSpec, config: AgentConfig) -> DockerAgent:
@@ -224,12 +227,14 @@ class DockerBackend:
                 },
                 host_config=host_config,
             )
-        except sdk().errors.DockerException as exc:
+        except sdk().errors.DockerException as exc:  # (its APIError is an OSError too: first)
             raise SandboxError(
                 "BACKEND_UNAVAILABLE",
                 f"Docker could not create a container from {image!r} ({exc}); check the engine and the "
                 "options --image, --runtime, --memory, --cpus, --pids-limit",
             ) from exc
+        except OSError as exc:
+            raise engine_gone(exc) from exc
         return str(container["Id"])
 
     def _attach_and_start(self, container_id: str, image: str) -> Any:
@@ -242,7 +247,7 @@ class DockerBackend:
             except BaseException:
                 sock.close()
                 raise
-        except sdk().errors.DockerException as exc:
+        except sdk().errors.DockerException as exc:  # (its APIError is an OSError too: first)
             if "python3" in str(exc):  # the entrypoint itself: "executable file not found"
                 raise SandboxError(
                     "BACKEND_UNAVAILABLE",
@@ -251,6 +256,8 @@ class DockerBackend:
                     f"or {FALLBACK_IMAGE}",
                 ) from exc
             raise SandboxError("BACKEND_UNAVAILABLE", f"Docker could not start the sandbox container ({exc})") from exc
+        except OSError as exc:
+            raise engine_gone(exc) from exc
         return sock
 
     async def reap_orphans(self) -> None:

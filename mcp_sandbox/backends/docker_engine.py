@@ -58,6 +58,14 @@ def no_engine(exc: BaseException) -> str:
     return f"no Docker engine answers at {engine_address()} ({why(exc)})"
 
 
+def engine_gone(exc: OSError) -> SandboxError:
+    """A call that reached no engine (stopped, or restarting): the connection's error, coded.
+    The SDK raises these from requests (an OSError), not as DockerException."""
+    return SandboxError(
+        "BACKEND_UNAVAILABLE", f"{no_engine(exc)}; start the engine (or wait for its restart), then try again"
+    )
+
+
 def _ping(timeout: float) -> Any:
     client = sdk().from_env(timeout=timeout)
     client.ping()

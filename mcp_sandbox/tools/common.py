@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, ParamSpec, Protocol, TypeVar
 
@@ -63,9 +64,35 @@ def _mapped(fn: Callable[P, Awaitable[R]], to_error: Callable[[SandboxError], Ex
     return wrapper
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """Whether text in ``value`` holds a lone surrogate, which no UTF-8 (file name, line to the
+    agent, JSON answer) can hold. The transports refuse them (stdio.py); an in-process client
+    (``Client(server)``) passes them through."""
+    if isinstance(value, str):
+        return not value.isascii() and _SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_lone_surrogate(v) for v in value)
+    return False
+
+
 def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """Turn SandboxError into the tool error text the model reads: ``CODE: message``."""
-    wrapper = _mapped(fn, lambda exc: ToolError(f"{exc.code}: {exc.message}"))
+
+    @functools.wraps(fn)
+    async def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        for name, value in kwargs.items():
+            if _lone_surrogate(value):
+                raise SandboxError(
+                    "INVALID_ARGUMENT", f"{name} holds text that is not valid Unicode (a lone surrogate); send UTF-8 text"
+                )
+        return await fn(*args, **kwargs)
+
+    wrapper = _mapped(checked, lambda exc: ToolError(f"{exc.code}: {exc.message}"))
     # The docstring becomes the tool's description: without the source's indentation.
     wrapper.__doc__ = inspect.cleandoc(fn.__doc__ or "")
     return wrapper
