@@ -17,6 +17,7 @@ from .api import DEFAULT_SESSION_IDLE_TIMEOUT, PROTOCOL_VERSION, Hello, Method
 from .children import _PR_SET_DUMPABLE, _PR_SET_PDEATHSIG, Children, prctl
 from .jobs import Jobs
 from .pipes import enlarge_pipe
+from .processes import Processes
 from .protocol import Connection, Handler, Request, line_limit
 from .sessions import Sessions
 from .streams import Streams
@@ -25,7 +26,6 @@ from .tasks import cancel_and_wait
 if TYPE_CHECKING:
     from .contexts import Contexts
     from .files import Files
-    from .processes import Processes
 
 
 def main() -> None:
@@ -98,26 +98,12 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
     children.install(loop)
     sessions = Sessions(children, config)
     streams = Streams()
-    # Background processes, files and code contexts are imported on first use: a sandbox starts
-    # faster without them, and an agent that never needs them stays smaller (their modules and
-    # what they import are most of what the agent adds to asyncio).
-    loaded_processes: List["Processes"] = []
+    processes = Processes(children, sessions, config)
+    sessions.on_delete.append(processes.kill_session)
+    sessions.in_use.append(processes.session_busy)
+    # Files and code contexts are imported on first use: a sandbox starts faster without them.
     loaded_files: List["Files"] = []
     loaded_contexts: List["Contexts"] = []
-
-    def processes() -> "Processes":
-        if not loaded_processes:
-            from .processes import Processes
-
-            loaded_processes.append(Processes(children, sessions, config))
-        return loaded_processes[0]
-
-    async def kill_session_processes(session_id: str) -> None:
-        if loaded_processes:
-            await loaded_processes[0].kill_session(session_id)
-
-    sessions.on_delete.append(kill_session_processes)
-    sessions.in_use.append(lambda session_id: bool(loaded_processes) and loaded_processes[0].session_busy(session_id))
 
     def files() -> "Files":
         if not loaded_files:
@@ -151,15 +137,15 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
         Method.LIST_SESSIONS: simple(lambda p: sessions.list()),
         Method.DELETE_SESSION: simple(lambda p: sessions.delete(p["session_id"])),
         Method.SET_ENV_VARS: simple(sessions.set_env),
-        Method.START_PROCESS: simple(lambda p: processes().start(p)),
-        Method.LIST_PROCESSES: simple(lambda p: processes().list(p)),
-        Method.GET_PROCESS: simple(lambda p: processes().info(p)),
-        Method.GET_PROCESS_LOGS: simple(lambda p: processes().logs(p)),
-        Method.SEND_PROCESS_INPUT: simple(lambda p: processes().send_input(p)),
-        Method.KILL_PROCESS: simple(lambda p: processes().kill(p)),
-        Method.KILL_ALL_PROCESSES: simple(lambda p: processes().kill_all(p)),
-        Method.READ_TERMINAL: simple(lambda p: processes().read_terminal(p)),
-        Method.RESIZE_TERMINAL: simple(lambda p: processes().resize_terminal(p)),
+        Method.START_PROCESS: simple(processes.start),
+        Method.LIST_PROCESSES: simple(processes.list),
+        Method.GET_PROCESS: simple(processes.info),
+        Method.GET_PROCESS_LOGS: simple(processes.logs),
+        Method.SEND_PROCESS_INPUT: simple(processes.send_input),
+        Method.KILL_PROCESS: simple(processes.kill),
+        Method.KILL_ALL_PROCESSES: simple(processes.kill_all),
+        Method.READ_TERMINAL: simple(processes.read_terminal),
+        Method.RESIZE_TERMINAL: simple(processes.resize_terminal),
         # The host found the sandbox over a limit (its disk budget): everything running stops.
         # Every answer is an object (the host's channel checks), so this one is empty.
         Method.STOP_ALL: simple(lambda p: stop_all()),
@@ -188,10 +174,7 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
         loop.add_signal_handler(sig, _set_once, stopping)
     serving = loop.create_task(connection.serve())
     janitor = loop.create_task(
-        expire_idle(
-            config.get("session_idle_timeout", DEFAULT_SESSION_IDLE_TIMEOUT),
-            [sessions.expire_idle, expire_contexts, lambda _: sessions.rest()],
-        )
+        expire_idle(config.get("session_idle_timeout", DEFAULT_SESSION_IDLE_TIMEOUT), [sessions.expire_idle, expire_contexts, lambda _: sessions.rest()])
     )
     await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
     # The host is gone or asked us to stop: nothing started in the sandbox may outlive us, and
@@ -206,8 +189,7 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
     await streams.aclose()
     # Then what the components spawned: their children are gone, so none of this waits long.
     await sessions.aclose()
-    for started in loaded_processes:
-        await started.aclose()
+    await processes.aclose()
     for context in loaded_contexts:
         await context.aclose()
     for opened in loaded_files:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -35,7 +36,7 @@ from .ids import Ids, check_id
 from .children import Children, spawn_error
 from .pipes import PipeReader, make_pipe, write_and_close
 from .protocol import AgentError, Request
-from .shell_state import Options, ShellState, check_env, find_bash
+from .shell_state import Options, ShellState, check_env
 from .tasks import TaskSet
 
 TIMEOUT_EXIT_CODE = 124
@@ -123,7 +124,7 @@ class Sessions:
         self._max_sessions: int = config["limits"]["max_sessions"]
         self._dir = os.path.join(config["state_dir"], "sessions")
         self._spills = Spills.at(os.path.join(config["state_dir"], "output"))
-        self._bash = find_bash(self._base_env.get("PATH"))
+        self._bash = shutil.which("bash", path=self._base_env.get("PATH")) or "/bin/bash"
         self._default_opts = Options(self._bash)
         self.sessions: Dict[str, Session] = {}
         # Called with a session's id when it is deleted, to end what else belongs to it.
@@ -196,8 +197,6 @@ class Sessions:
         self._children.kill_all_but("exec:%s:" % session_id, set())
         for hook in self.on_delete:
             await hook(session_id)
-        import shutil  # here: an agent that deletes no session does without it (see find_bash)
-
         shutil.rmtree(session.dir, ignore_errors=True)
         return {"session_id": session_id, "deleted": True}
 

@@ -31,16 +31,6 @@ def sq(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
-def find_bash(path: Optional[str]) -> str:
-    """Where bash is on ``path``, as shutil.which finds it: without shutil, whose imports (the
-    compression modules) would add ~0.3 MB to every agent, idle or not."""
-    for directory in (path or os.defpath).split(os.pathsep):
-        candidate = os.path.join(directory, "bash")
-        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
-            return candidate
-    return "/bin/bash"
-
-
 def check_env(env: Optional[Dict[str, Any]]) -> Dict[str, Optional[str]]:
     problem = env_problem(env)
     if problem is not None:
