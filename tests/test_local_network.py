@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import anyio
@@ -81,3 +82,18 @@ async def test_network_without_the_hosts_loopback(mcp_with: Any, host_service: i
         with anyio.fail_after(5):  # slirp4netns ends with its sandbox
             while slirps() & ours:
                 await anyio.sleep(0.05)
+
+
+async def test_network_sandboxes_start_while_others_do(manager_factory: Any) -> None:
+    """slirp4netns brings the sandbox's loopback up too: started before bubblewrap had done so, it
+    made bubblewrap's own setup fail ("loopback: Failed RTM_NEWADDR"), a sandbox in a few when
+    several started at once (a warm sandbox's replacement beside a create_sandbox network=true)."""
+    async with manager_factory(network=True, warm_sandboxes=1, max_sandboxes=8) as manager:
+        for _ in range(6):
+            await manager.create()  # a warm one: its replacement starts now
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(partial(manager.create, network=True))
+            assert len(manager.ids()) == 4
+            for sandbox_id in manager.ids():
+                await manager.destroy(sandbox_id)

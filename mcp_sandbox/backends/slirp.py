@@ -24,6 +24,8 @@ from anyio.abc import Process
 from ..errors import SandboxError
 
 START_TIMEOUT = 10.0
+# How long slirp4netns waits for bubblewrap to bring the sandbox's loopback up (see _loopback_up).
+LOOPBACK_TIMEOUT = 5.0
 RESOLV_CONF = "nameserver 10.0.2.3\n"
 
 
@@ -64,6 +66,23 @@ def _is_json(data: bytes) -> bool:
         return False
 
 
+async def _loopback_up(pid: int) -> None:
+    """Wait until bubblewrap has set up the loopback of the namespace ``pid`` is in. slirp4netns
+    brings ``lo`` up as well, which gives it 127.0.0.1 at once: if it does so first, bubblewrap's
+    own request to add that address fails and the sandbox does not start. The address shows in the
+    namespace's routing table once bubblewrap is done; a process gone or unreadable ends the wait
+    (bubblewrap reports its own failure)."""
+    with anyio.move_on_after(LOOPBACK_TIMEOUT):
+        while True:
+            try:
+                with open(f"/proc/{pid}/net/fib_trie", "rb") as f:
+                    if b"127.0.0.1" in f.read():
+                        return
+            except OSError:
+                return
+            await anyio.sleep(0.002)
+
+
 @dataclass
 class Slirp:
     process: Process
@@ -93,6 +112,7 @@ async def attach(info_fd: int, log: Path) -> Slirp:
         pid = int(json.loads(info)["child-pid"])
     except (ValueError, KeyError, TypeError):
         raise SandboxError("BACKEND_UNAVAILABLE", "bubblewrap did not start (see the server log)") from None
+    await _loopback_up(pid)
     ready_r, ready_w = os.pipe()
     exit_r, exit_w = os.pipe()
     try:
