@@ -12,6 +12,8 @@ from typing import Any
 import anyio
 from anyio.abc import ByteStream
 
+from .pipes import read_into, receive_copy, write_all
+
 logger = logging.getLogger(__name__)
 
 
@@ -179,39 +181,17 @@ class PolledSocketStream(ByteStream):
         self._closed = False
 
     async def receive_into(self, view: memoryview) -> int:
-        while True:
-            if self._closed:
-                raise anyio.ClosedResourceError
-            try:
-                n = self._sock.recv_into(view)
-            except BlockingIOError:
-                await anyio.wait_readable(self._sock)
-                continue
-            except OSError as exc:
-                raise anyio.BrokenResourceError from exc
-            if n == 0:
-                raise anyio.EndOfStream
-            return n
+        if self._closed:
+            raise anyio.ClosedResourceError
+        return await read_into(self._sock.fileno(), view)
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
-        buffer = bytearray(max_bytes)
-        n = await self.receive_into(memoryview(buffer))
-        del buffer[n:]
-        return bytes(buffer)
+        return await receive_copy(self.receive_into, max_bytes)
 
     async def send(self, item: bytes | bytearray | memoryview) -> None:
-        view = memoryview(item).cast("B")
-        while view:
-            if self._closed:
-                raise anyio.ClosedResourceError
-            try:
-                n = self._sock.send(view)
-            except BlockingIOError:
-                await anyio.wait_writable(self._sock)
-                continue
-            except OSError as exc:
-                raise anyio.BrokenResourceError from exc
-            view = view[n:]
+        if self._closed:
+            raise anyio.ClosedResourceError
+        await write_all(self._sock.fileno(), item)
 
     async def send_eof(self) -> None:
         self._sock.shutdown(socket.SHUT_WR)

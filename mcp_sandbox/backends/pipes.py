@@ -1,14 +1,54 @@
-"""The host's ends of a local agent's channel pipes, read and written without the copies asyncio's
-subprocess streams make: ``receive_into`` reads a big payload straight into the buffer it ends up
-in (channel.py uses it), and ``send`` writes the caller's buffer until the pipe has taken it all.
+"""Non-blocking descriptors read and written without the copies of asyncio's streams:
+``read_into`` reads a big payload straight into the buffer it ends up in (channel.py uses it), and
+``write_all`` writes the caller's buffer until the descriptor has taken it all. A local agent's
+channel pipes use them here, and a Docker attach socket in docker_stream.py.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
+
+
+async def read_into(fd: int, view: memoryview) -> int:
+    """Read into ``view`` from a non-blocking pipe or socket; how many bytes came (EndOfStream at
+    its end)."""
+    while True:
+        try:
+            n = os.readv(fd, [view])
+        except BlockingIOError:
+            await anyio.wait_readable(fd)
+            continue
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
+        if n == 0:
+            raise anyio.EndOfStream
+        return n
+
+
+async def write_all(fd: int, item: bytes | bytearray | memoryview) -> None:
+    """Write all of ``item`` to a non-blocking pipe or socket."""
+    view = memoryview(item).cast("B")
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            await anyio.wait_writable(fd)
+            continue
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
+        view = view[n:]
+
+
+async def receive_copy(receive_into: Callable[[memoryview], Awaitable[int]], max_bytes: int) -> bytes:
+    """``receive`` for a stream that reads with ``receive_into``."""
+    buffer = bytearray(max_bytes)
+    n = await receive_into(memoryview(buffer))
+    del buffer[n:]
+    return bytes(buffer)
 
 
 class PipeReceiveStream(ByteReceiveStream):
@@ -19,25 +59,12 @@ class PipeReceiveStream(ByteReceiveStream):
 
     async def receive_into(self, view: memoryview) -> int:
         """Read into ``view``; how many bytes came (EndOfStream at the end)."""
-        while True:
-            if self._closed:
-                raise anyio.ClosedResourceError
-            try:
-                n = os.readv(self._fd, [view])
-            except BlockingIOError:
-                await anyio.wait_readable(self._fd)
-                continue
-            except OSError as exc:
-                raise anyio.BrokenResourceError from exc
-            if n == 0:
-                raise anyio.EndOfStream
-            return n
+        if self._closed:
+            raise anyio.ClosedResourceError
+        return await read_into(self._fd, view)
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
-        buffer = bytearray(max_bytes)
-        n = await self.receive_into(memoryview(buffer))
-        del buffer[n:]
-        return bytes(buffer)
+        return await receive_copy(self.receive_into, max_bytes)
 
     async def aclose(self) -> None:
         if not self._closed:
@@ -53,18 +80,9 @@ class PipeSendStream(ByteSendStream):
         self._closed = False
 
     async def send(self, item: bytes | bytearray | memoryview) -> None:
-        view = memoryview(item).cast("B")
-        while view:
-            if self._closed:
-                raise anyio.ClosedResourceError
-            try:
-                n = os.write(self._fd, view)
-            except BlockingIOError:
-                await anyio.wait_writable(self._fd)
-                continue
-            except OSError as exc:
-                raise anyio.BrokenResourceError from exc
-            view = view[n:]
+        if self._closed:
+            raise anyio.ClosedResourceError
+        await write_all(self._fd, item)
 
     async def aclose(self) -> None:
         if not self._closed:
