@@ -342,7 +342,6 @@ class SandboxManager:
             raise SandboxError("SANDBOX_NOT_FOUND", f"no sandbox {sandbox_id!r}; it may already be destroyed")
         if self._default_ids.get(sandbox.tenant) == sandbox_id:
             del self._default_ids[sandbox.tenant]
-        self.activity.pop(sandbox_id, None)
         await self._remove(sandbox)
         logger.info("destroyed sandbox %s of tenant %s", sandbox_id, sandbox.tenant, extra=tenants.of(sandbox.tenant))
         self._refill_spares()  # room under --max-sandboxes again
@@ -358,6 +357,7 @@ class SandboxManager:
         with anyio.CancelScope(shield=True):
             await self.ports.close_sandbox(sandbox.id)
             self.egress.discard(sandbox.id)
+            self.activity.pop(sandbox.id, None)  # also when it expired or died
             sandbox.channel.close("the sandbox was destroyed")
             await sandbox.handle.destroy()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from mcp_sandbox.ui.page import VIEW_URI
 from mcp_sandbox.ui.web import serve_view
 
 from .conftest import Tools, settings_for, unavailable
+from .helpers import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -78,6 +80,18 @@ async def test_activity_is_bounded(tmp_path: Path) -> None:
             entries = list(manager.activity[sandbox_id].entries)
             assert len(entries) == ENTRIES and entries[-1]["stdout"] == f"{ENTRIES + 1}\n"
             await tools("destroy", sandbox_id=sandbox_id)
+            assert sandbox_id not in manager.activity
+
+
+async def test_activity_goes_with_a_sandbox_that_dies(tmp_path: Path) -> None:
+    async with SandboxManager(settings_for("none", tmp_path / "s")) as manager:
+        async with Client(build_server(manager)) as client:
+            await Tools(client, "none").sh("echo once")
+            sandbox_id = manager.ids()[0]
+            assert sandbox_id in manager.activity
+            handle: Any = manager.sandboxes[sandbox_id].handle
+            os.kill(handle.process.pid, signal.SIGKILL)  # without isolation, the agent itself
+            assert await eventually(lambda: sandbox_id not in manager.sandboxes, seconds=15)
             assert sandbox_id not in manager.activity
 
 
