@@ -107,7 +107,7 @@ async def server_for(backend: str, count: int) -> AsyncIterator[Server]:
     try:
         async with Client(params) as client:
             pids.append(find_pid(f"--workspace-root {root}"))
-            yield Server(client, pids[0])
+            yield Server(client, pids[0], root)
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(leftovers_removed, root, backend, pids)
