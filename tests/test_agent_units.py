@@ -14,7 +14,7 @@ import pytest
 
 from mcp_sandbox.agent.ids import Ids
 from mcp_sandbox.agent.output import KEPT_SPILL_FILES, Capture, Spills, head_tail, render_log
-from mcp_sandbox.agent.processes import parse_signal
+from mcp_sandbox.agent.signals import parse_signal
 from mcp_sandbox.agent.protocol import AgentError
 from mcp_sandbox.agent.shell_state import Options, ShellState, env_lines, sq
 

@@ -29,6 +29,7 @@ from .pipes import write_when_ready
 from .protocol import AgentError
 from .ids import Ids, check_id
 from .sessions import Sessions
+from .signals import parse_signal
 from .shell_state import check_env
 from .tasks import TaskSet
 from .terminal import TERM, Terminal, check_size, take_as_controlling_terminal
@@ -37,7 +38,6 @@ STATUSES = ("running", "completed", "failed", "killed", "error")
 KILL_GRACE = 5.0
 POLL_INTERVAL = 0.05
 DEFAULT_WAIT = 30.0
-_SIGNAL_NUMBER = re.compile(r"[0-9]{1,3}")
 
 
 class Process:
@@ -431,25 +431,3 @@ class Processes:
     async def _escalate(self, process: Process) -> None:
         await asyncio.sleep(KILL_GRACE)
         self._children.kill(process.pid if process.running else None, process.tag, signal.SIGKILL)
-
-
-def parse_signal(value: Any) -> int:
-    """TERM, SIGTERM, term, 15 or "15" -> 15."""
-    if value is None or value == "":
-        return signal.SIGTERM
-    # Taken as given, in full: no stripping, so "TERM\n" is as wrong as any other name.
-    text = str(value)
-    try:
-        if _SIGNAL_NUMBER.fullmatch(text):
-            number = int(text)
-            if number in signal.valid_signals() and number != 0:
-                return number
-        else:
-            name = text.upper()
-            return int(signal.Signals[name if name.startswith("SIG") else "SIG" + name])
-    except (KeyError, ValueError):
-        pass
-    raise AgentError(
-        "INVALID_ARGUMENT",
-        "unknown signal %r; use a name such as TERM, INT, KILL, HUP, QUIT, USR1, USR2 or a number" % value,
-    )
