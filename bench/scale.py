@@ -26,7 +26,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +37,7 @@ from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
 from .config import Config
-from .harness import BIN, Report, Row, Server, find_pid, memory_kb
+from .harness import BIN, Report, Row, Server, find_pid, floor_server, memory_kb
 from .procs import (
     container_pids, cpu_ms, docker_memory, engine_rss_kb, host_cpu_ms, local_memory, memory_kb_of_host, percentile,
     sandboxes_cpu_ms, threads,
@@ -78,6 +78,8 @@ class Figures:
     sandbox_cpu_ms_per_exec: float = 0.0  # the sandboxes' (agent and bash; for Docker, and the engine)
     client_cpu_ms_per_exec: float = 0.0  # this benchmark's own (the MCP client), in the same run
     host_cpu_ms_per_exec: float = 0.0  # the whole host's (everything else running here included)
+    floor_p50_ms: float = 0.0  # the same callers on an MCP server whose tool only runs bash -c
+    floor_p99_ms: float = 0.0
 
     @property
     def pss_mb(self) -> float:
@@ -206,51 +208,83 @@ async def read_memory(figures: Figures, backend: str, server_pid: int, ids: list
         figures.pss_kb, figures.processes = per, procs
 
 
+ROUNDS = 4  # the latency run alternates between mcp-sandbox and the floor this many times each
+
+
 async def exec_latency(figures: Figures, server: Server, ids: list[str], callers: int, execs: int) -> None:
     """``execs`` calls of exec by ``callers`` concurrent callers, each going round its share of
-    the sandboxes."""
+    the sandboxes; and as many calls, by as many callers, of the floor: an MCP server whose tool
+    runs ``bash -c`` and nothing else. The two alternate in rounds, so that both meet the same
+    machine."""
     samples: list[float] = []
-    failures = 0  # a tool error, or an exec that did not print what it should
+    floor_samples: list[float] = []
+    failures = {"ours": 0, "floor": 0}  # a tool error, or a call that did not print what it should
+    elapsed = 0.0
 
-    async def caller(number: int) -> None:
-        mine = ids[number::callers] or ids
-        for i in range(number, execs, callers):
-            sid = mine[(i // callers) % len(mine)]
-            started = time.perf_counter()
-            try:
-                out = await server.call("exec", command="echo hi", sandbox_id=sid)
-            except RuntimeError as exc:
-                failed(str(exc))
-                continue
-            samples.append((time.perf_counter() - started) * 1000)
-            if out["stdout"] != "hi\n":
-                failed(f"exec in {sid} printed {out['stdout']!r}")
+    async def ours(sid: str) -> str:
+        return str((await server.call("exec", command="echo hi", sandbox_id=sid))["stdout"])
 
-    def failed(error: str) -> None:
-        nonlocal failures
-        failures += 1
+    def failed(who: str, error: str) -> None:
+        failures[who] += 1
         if len(figures.errors) < 10:
-            figures.errors.append(error)
+            figures.errors.append(f"{who}: {error}")
+
+    async def run(who: str, call: Callable[[str], Awaitable[str]], count: int, into: list[float]) -> None:
+        async def caller(number: int) -> None:
+            mine = ids[number::callers] or ids
+            for i in range(number, count, callers):
+                sid = mine[(i // callers) % len(mine)]
+                started = time.perf_counter()
+                try:
+                    out = await call(sid)
+                except RuntimeError as exc:
+                    failed(who, str(exc))
+                    continue
+                into.append((time.perf_counter() - started) * 1000)
+                if out != "hi\n":
+                    failed(who, f"exec in {sid} printed {out!r}")
+
+        async with anyio.create_task_group() as tg:
+            for number in range(callers):
+                tg.start_soon(caller, number)
 
     inits = await anyio.to_thread.run_sync(container_pids, ids) if figures.backend == "docker" else None
-    server_cpu, host_cpu, sandboxes_cpu = cpu_ms(server.pid), host_cpu_ms(), sandboxes_cpu_ms(server.pid, inits)
-    client_cpu = cpu_ms(os.getpid())
-    started = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for number in range(callers):
-            tg.start_soon(caller, number)
-    elapsed = time.perf_counter() - started
-    figures.server_cpu_ms_per_exec = (cpu_ms(server.pid) - server_cpu) / execs
-    figures.host_cpu_ms_per_exec = (host_cpu_ms() - host_cpu) / execs
-    figures.client_cpu_ms_per_exec = (cpu_ms(os.getpid()) - client_cpu) / execs
-    figures.sandbox_cpu_ms_per_exec = (sandboxes_cpu_ms(server.pid, inits) - sandboxes_cpu) / execs
-    figures.execs, figures.exec_ok = execs, execs - failures
+    server_cpu = sandboxes_cpu = client_cpu = host_cpu = 0.0
+    async with floor_server() as floor:
+
+        async def bare(sid: str) -> str:
+            result = await floor.call_tool("bash", {"command": "echo hi"})
+            if result.is_error or result.structured_content is None:
+                raise RuntimeError(f"the floor's bash failed: {result.content}")
+            return str(result.structured_content["stdout"])
+
+        for turn in range(ROUNDS):
+            per_round = execs // ROUNDS + (turn < execs % ROUNDS)
+            before = cpu_ms(server.pid), host_cpu_ms(), sandboxes_cpu_ms(server.pid, inits), cpu_ms(os.getpid())
+            started = time.perf_counter()
+            await run("ours", ours, per_round, samples)
+            elapsed += time.perf_counter() - started
+            server_cpu += cpu_ms(server.pid) - before[0]
+            host_cpu += host_cpu_ms() - before[1]
+            sandboxes_cpu += sandboxes_cpu_ms(server.pid, inits) - before[2]
+            client_cpu += cpu_ms(os.getpid()) - before[3]
+            await run("floor", bare, per_round, floor_samples)
+    figures.server_cpu_ms_per_exec = server_cpu / execs
+    figures.host_cpu_ms_per_exec = host_cpu / execs
+    figures.client_cpu_ms_per_exec = client_cpu / execs
+    figures.sandbox_cpu_ms_per_exec = sandboxes_cpu / execs
+    figures.execs, figures.exec_ok = execs, execs - failures["ours"]
     figures.exec_p50_ms = percentile(samples, 0.5)
     figures.exec_p99_ms = percentile(samples, 0.99)
     figures.exec_per_s = len(samples) / elapsed
+    figures.floor_p50_ms = percentile(floor_samples, 0.5)
+    figures.floor_p99_ms = percentile(floor_samples, 0.99)
 
 
 # ---------------------------------------------------------------------------- reporting
+
+
+FLOOR = "MCP server running bash -c, same callers"
 
 
 def rows(f: Figures) -> list[Row]:
@@ -272,11 +306,13 @@ def rows(f: Figures) -> list[Row]:
             note=f"(+{(f.server_rss_kb - f.server_rss_one_kb) / 1024:.1f} MB over one; {f.server_threads} threads)"),
         Row(f"server CPU with {n} idle sandboxes ({b})", f.server_idle_cpu * 100, unit="% of a core"),
         Row(f"exec p50, {f.callers} callers across {n} sandboxes ({b})", f.exec_p50_ms,
+            floor_name=FLOOR, floor=f.floor_p50_ms,
             note=f"({f.exec_ok} of {f.execs} right; {f.exec_per_s:.0f} execs/s; "
                  f"CPU per exec: server {f.server_cpu_ms_per_exec:.1f} ms, "
                  + f"sandbox {f.sandbox_cpu_ms_per_exec:.1f} ms" + (" with the engine, " if b == "docker" else ", ")
                  + f"client {f.client_cpu_ms_per_exec:.1f} ms, host {f.host_cpu_ms_per_exec:.1f} ms)"),
-        Row(f"exec p99, {f.callers} callers across {n} sandboxes ({b})", f.exec_p99_ms, target="<= 100 ms"),
+        Row(f"exec p99, {f.callers} callers across {n} sandboxes ({b})", f.exec_p99_ms, target="<= 100 ms",
+            floor_name=FLOOR, floor=f.floor_p99_ms),
     ]
     return found
 

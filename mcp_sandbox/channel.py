@@ -33,6 +33,10 @@ NOTIFICATIONS_QUEUED = 16
 CANCEL_TIMEOUT = 5.0
 # How long a frame that has begun to go out may take to finish (see _write_frame).
 FRAME_TIMEOUT = 10.0
+# What every channel reads small frames into: one buffer for the process, not a megabyte per
+# sandbox. Sharing is safe because a read fills it and Frames.feed copies everything out of it
+# before the reading channel awaits again (read_into returns as soon as readv has filled it).
+_SCRATCH = memoryview(bytearray(1 << 20))
 
 
 class _Call:
@@ -83,7 +87,7 @@ class AgentChannel:
         # A stream that reads into our buffers (backends/pipes.py) gets big payloads read straight
         # into theirs, and the rest into one scratch buffer: no copies beyond those.
         receive_into: Callable[[memoryview], Awaitable[int]] | None = getattr(self._receive, "receive_into", None)
-        scratch = memoryview(bytearray(1 << 20))
+        scratch = _SCRATCH
         while True:
             room = frames.room() if receive_into is not None and self._closed_reason is None else None
             try:

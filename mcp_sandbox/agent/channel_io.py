@@ -8,6 +8,7 @@ of the pipe this way.
 from __future__ import annotations
 
 import asyncio
+import mmap
 import os
 from collections import deque
 from typing import Deque, List, Union
@@ -31,7 +32,9 @@ class FdReader:
         os.set_blocking(fd, False)
         self._fd = fd
         self._loop = asyncio.get_running_loop()
-        self._buffer = memoryview(bytearray(READ_BUFFER))
+        # Anonymous memory: its pages cost only once a read reaches them (a bytearray is zeroed,
+        # so all of it would count in every sandbox's memory, most of it never used).
+        self._buffer = memoryview(mmap.mmap(-1, READ_BUFFER))
         self._start = self._end = 0
 
     async def _read_into(self, view: memoryview) -> int:
