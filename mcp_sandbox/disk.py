@@ -23,6 +23,7 @@ import os
 import stat
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -158,16 +159,17 @@ class DiskBudget:
                 "temporary files; delete files (rm, delete_file) or write less",
             )
 
-    async def watch(self, stop: Callable[[str], Awaitable[None]]) -> None:
+    async def watch(self, stop: Callable[[str], Awaitable[None]], poller: Poller) -> None:
         """Measure now and then, and call ``stop`` with the message when the sandbox is over its
         budget and grew since it was last stopped. Runs until cancelled, or the sandbox's directory
-        is gone."""
+        is gone. ``poller`` reads the filesystem's growth in between, for every sandbox at once."""
         try:
-            await self._watch(stop)
+            await self._watch(stop, poller)
         except FileNotFoundError:
             return
 
-    async def _watch(self, stop: Callable[[str], Awaitable[None]]) -> None:
+    async def _watch(self, stop: Callable[[str], Awaitable[None]], poller: Poller) -> None:
+        device = os.stat(self.directory).st_dev
         while True:
             started = time.monotonic()
             try:  # an idle sandbox's few files are measured at once, a thread's hop costing more
@@ -179,11 +181,60 @@ class DiskBudget:
             if self.over is not None and self.used > self._stopped_at + SLACK:
                 self._stopped_at = self.used
                 await stop(self.over)
-            deadline = started + min(MAX_INTERVAL, max(MIN_INTERVAL, 20 * took))
-            while time.monotonic() < deadline:
-                await anyio.sleep(POLL)
-                growth = filesystem_used(self.directory) - baseline
-                # (but not sooner than twice a measure's time after the last: never measuring nonstop)
-                limit = max(self.budget, self._stopped_at + SLACK)
-                if self.used + growth > limit and time.monotonic() > started + 2 * took:
-                    break
+            # Measured again at the deadline, or once the filesystem grew by more than the room
+            # left below the limit (but not sooner than twice a measure's time after the last:
+            # never measuring nonstop).
+            limit = max(self.budget, self._stopped_at + SLACK)
+            await poller.wait(Wait(
+                self.directory, device, baseline + limit - self.used,
+                earliest=started + 2 * took, deadline=started + min(MAX_INTERVAL, max(MIN_INTERVAL, 20 * took)),
+            ))
+
+
+@dataclass(eq=False)
+class Wait:
+    """A watch waiting for its next measure: until ``deadline``, or until its filesystem's use is
+    past ``most`` (after ``earliest``)."""
+
+    directory: Path
+    device: int
+    most: int
+    earliest: float
+    deadline: float
+    woken: anyio.Event = field(default_factory=anyio.Event)
+
+
+class Poller:
+    """Reads the filesystems' use every POLL for all the watches at once, and wakes a watch only
+    when it is to measure: a thousand idle sandboxes then cost one ``statvfs`` a tick, not a
+    thousand wake-ups. The manager runs it."""
+
+    def __init__(self) -> None:
+        self._waits: set[Wait] = set()
+        self._added = anyio.Event()
+
+    async def wait(self, wait: Wait) -> None:
+        self._waits.add(wait)
+        self._added.set()
+        try:
+            await wait.woken.wait()
+        finally:
+            self._waits.discard(wait)
+
+    async def run(self) -> None:
+        while True:
+            if not self._waits:
+                self._added = anyio.Event()
+                await self._added.wait()
+            await anyio.sleep(POLL)
+            now = time.monotonic()
+            used: dict[int, int] = {}  # per device
+            for wait in list(self._waits):
+                if wait.device not in used:
+                    try:
+                        used[wait.device] = filesystem_used(wait.directory)
+                    except OSError:  # the directory is gone: its watch finds out
+                        wait.woken.set()
+                        continue
+                if now >= wait.deadline or (used[wait.device] > wait.most and now > wait.earliest):
+                    wait.woken.set()

@@ -25,6 +25,7 @@ from .agent.names import env_problem
 from .agent.protocol import line_limit
 from .backends.base import AgentConfig, Backend, SandboxSpec
 from .channel import AgentChannel
+from .disk import Poller
 from .egress.rules import AllowList
 from .egress.sandboxes import EgressProxies
 from .errors import SandboxError
@@ -62,6 +63,7 @@ class SandboxManager:
         self._default_ids: dict[str, str] = {}  # tenant to its default sandbox
         self._default_lock = anyio.Lock()
         self._task_group: TaskGroup | None = None
+        self._disk_poller = Poller()
         self._lifetime: AbstractAsyncContextManager[None] | None = None
         # Started ahead with the default spec (--warm-sandboxes), handed out by create().
         self._spares: list[Sandbox] = []
@@ -105,6 +107,7 @@ class SandboxManager:
             self._task_group = task_group
             try:
                 task_group.start_soon(self._expire_idle)
+                task_group.start_soon(self._disk_poller.run)
                 self._refill_spares()
                 yield
             finally:
@@ -252,7 +255,7 @@ class SandboxManager:
     async def _watch_disk(self, sandbox: Sandbox, scope: anyio.CancelScope) -> None:
         assert sandbox.handle.disk is not None
         with scope:
-            await sandbox.handle.disk.watch(functools.partial(self._over_limit, sandbox))
+            await sandbox.handle.disk.watch(functools.partial(self._over_limit, sandbox), self._disk_poller)
 
     async def _read(self, sandbox: Sandbox) -> None:
         try:
