@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -93,6 +94,16 @@ def load_settings(argv: list[str] | None = None) -> Settings:
         problems = "; ".join(f"{flag_name(str(e['loc'][0]))}: {e['msg']}" for e in exc.errors())
         build_parser().error(problems)
         raise  # unreachable: error() exits
+
+
+def raise_open_files_limit() -> None:
+    """Each local sandbox holds a few of the server's descriptors (its channel's pipes, a pidfd):
+    the common soft limit of 1,024 would stop a server near 300 sandboxes. Up to the hard limit
+    (at most 65,536), as servers do; the sandboxes inherit it, as Docker's containers get 1,048,576."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def watch_children_with_pidfds() -> None:
@@ -187,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         check_exposure(settings)
         # Read before anything starts: a bad tokens file is one error line and exit status 2.
         tokens = load_tokens(settings) if settings.transport == "http" else None
+        raise_open_files_limit()
         anyio.run(serve, settings, tokens)
     except KeyboardInterrupt:
         pass

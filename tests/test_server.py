@@ -52,6 +52,10 @@ async def test_stdio_server_works_and_cleans_up_on_stdin_close(isolation: str, t
         assert (await mcp.sh("pwd"))["stdout"] == "/tmp\n"
         other = await mcp("create_sandbox")
         assert other["sandbox_id"].startswith("sbx_") and len(other["sandbox_id"]) >= 20
+        # The server raised its soft limit of open files (a few per sandbox) to its hard limit.
+        limits = Path(f"/proc/{server_pid(root)}/limits").read_text()
+        soft, hard = next(line.split()[3:5] for line in limits.splitlines() if line.startswith("Max open files"))
+        assert soft == hard or int(soft) >= 65536, limits
         await mcp.sh(f"sleep {marker} &")
         await mcp.sh(f"setsid sleep {marker}1 &", sandbox_id=other["sandbox_id"])
         assert await eventually(lambda: len(pids_with(f"sleep {marker}")) == 2)
