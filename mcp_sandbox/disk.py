@@ -4,8 +4,9 @@ The sandbox's directory (its workspace and its temporary directory) is measured 
 the blocks allocated to each file, hard links once, staying on its filesystem. The server does it
 in a thread, not the agent: the sandbox's processes run as the agent's user and could stop or trace
 it, and a host running as root sees every directory whatever its mode. A measure costs about a
-microsecond per file, so it runs at most every 20 times its duration (and every 2 s at least); in
-between, every quarter of a second, one ``statvfs`` tells how much the whole filesystem grew,
+microsecond per file, so it runs at most every 20 times its duration, and every 2 s at least while
+the filesystem changes (every minute while nothing on it does); in between, every quarter of a
+second, one ``statvfs`` (one for all the sandboxes, see Poller) tells how much the filesystem grew,
 which bounds what the sandbox may have written: once the last measure plus that growth could be
 beyond the budget, the sandbox is measured again at once. So a writer is caught within about a
 quarter of a second plus a measure, whatever its speed; the per-file limit (RLIMIT_FSIZE, set to
@@ -181,26 +182,29 @@ class DiskBudget:
             if self.over is not None and self.used > self._stopped_at + SLACK:
                 self._stopped_at = self.used
                 await stop(self.over)
-            # Measured again at the deadline, or once the filesystem grew by more than the room
-            # left below the limit (but not sooner than twice a measure's time after the last:
-            # never measuring nonstop).
+            # Measured again at the deadline if the filesystem changed at all, at the latest after
+            # MAX_INTERVAL, and at once when it grew by more than the room left below the limit
+            # (but not sooner than twice a measure's time after the last: never measuring nonstop).
             limit = max(self.budget, self._stopped_at + SLACK)
             await poller.wait(Wait(
-                self.directory, device, baseline + limit - self.used,
-                earliest=started + 2 * took, deadline=started + min(MAX_INTERVAL, max(MIN_INTERVAL, 20 * took)),
+                self.directory, device, baseline, baseline + limit - self.used, earliest=started + 2 * took,
+                deadline=started + min(MAX_INTERVAL, max(MIN_INTERVAL, 20 * took)), latest=started + MAX_INTERVAL,
             ))
 
 
 @dataclass(eq=False)
 class Wait:
-    """A watch waiting for its next measure: until ``deadline``, or until its filesystem's use is
-    past ``most`` (after ``earliest``)."""
+    """A watch waiting for its next measure: until ``deadline`` if its filesystem's use is no longer
+    ``baseline`` (unchanged, nothing can have grown), until ``latest`` in any case, or until the
+    filesystem's use is past ``most`` (after ``earliest``)."""
 
     directory: Path
     device: int
+    baseline: int
     most: int
     earliest: float
     deadline: float
+    latest: float
     woken: anyio.Event = field(default_factory=anyio.Event)
 
 
@@ -236,5 +240,10 @@ class Poller:
                     except OSError:  # the directory is gone: its watch finds out
                         wait.woken.set()
                         continue
-                if now >= wait.deadline or (used[wait.device] > wait.most and now > wait.earliest):
+                now_used = used[wait.device]
+                if (
+                    now >= wait.latest
+                    or (now >= wait.deadline and now_used != wait.baseline)
+                    or (now_used > wait.most and now > wait.earliest)
+                ):
                     wait.woken.set()
