@@ -38,7 +38,7 @@ def settings_for(backend: str) -> Settings:
     root = Path(tempfile.gettempdir()) / f"mcp-sandbox-bench-{uuid.uuid4().hex[:8]}"
     if backend == "docker":
         return Settings(backend="docker", workspace_root=root, image=os.environ.get("MCP_SANDBOX_IMAGE"))
-    return Settings(backend="local", isolation=backend, workspace_root=root)  # type: ignore[arg-type]
+    return Settings(backend="local", isolation=backend, workspace_root=root)
 
 
 async def small_file_over_mcp(report: Report, cfg: Config, backend: str) -> None:

@@ -130,8 +130,9 @@ def clamp_waits(tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
     """A long timeout is a valid request to wait long: keep the fuzz's waits short, its other
     numbers as drawn."""
     timeout = arguments.get("timeout")
-    if type(timeout) in (int, float) and timeout == timeout and timeout > WAIT_MAX:
-        arguments["timeout"] = WAIT_MAX
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):  # a bool is no number of seconds
+        if timeout == timeout and timeout > WAIT_MAX:  # NaN stays NaN
+            arguments["timeout"] = WAIT_MAX
     if tool == "exec" and "timeout" not in arguments:
         arguments["timeout"] = WAIT_MAX  # a fuzzed command that waits for input must not wait 120 s
     return arguments
@@ -243,7 +244,7 @@ async def serving(root: Path) -> AsyncIterator[tuple[SandboxManager, Client, lis
     async with SandboxManager(settings(root)) as manager:
         async with Client(build_server(manager)) as client:
             tools = (await client.list_tools()).tools
-            sid = (await client.call_tool("create_sandbox", {})).structured_content["sandbox_id"]  # type: ignore[index]
+            sid = (await client.call_tool("create_sandbox", {})).structured_content["sandbox_id"]
             await client.call_tool("create_session", {"session_id": "s1", "sandbox_id": sid})
             await client.call_tool("start_process", {"command": "sleep 600", "process_id": "p1", "sandbox_id": sid})
             await client.call_tool("create_code_context", {"context_id": "c1", "sandbox_id": sid})

@@ -39,7 +39,7 @@ class Row:
     def ratio(self) -> float | None:
         if self.floor in (None, 0):
             return None
-        return self.value / self.floor  # type: ignore[operator]
+        return self.value / self.floor
 
 
 @dataclass
@@ -156,8 +156,9 @@ class Server:
         result: CallToolResult = await self.client.call_tool(tool, arguments)
         if result.is_error:
             raise RuntimeError(f"{tool} failed: {result.content[0].text}")  # type: ignore[union-attr]
-        assert result.structured_content is not None
-        return result.structured_content
+        content: dict[str, Any] | None = result.structured_content
+        assert content is not None
+        return content
 
 
 @asynccontextmanager

@@ -122,7 +122,8 @@ async def one_client(url: str, era: str, calls: int, result: LoadResult) -> None
             r = await client.call_tool(tool, arguments)
             if r.is_error or r.structured_content is None:
                 raise AssertionError(f"{tool}: {r.content[0].text if r.content else r}")  # type: ignore[union-attr]
-            return r.structured_content
+            content: dict[str, Any] = r.structured_content
+            return content
 
         sid = (await call("create_sandbox", {}))["sandbox_id"]
         await call("mkdir", {"path": "load", "sandbox_id": sid})

@@ -3,13 +3,15 @@ what it was asked, and a TCP echo server."""
 
 from __future__ import annotations
 
-import socket
+import socketserver
 import ssl
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from .helpers import serving
 
 
 class Answer(BaseHTTPRequestHandler):
@@ -57,20 +59,9 @@ class Answer(BaseHTTPRequestHandler):
         pass
 
 
-@contextmanager
-def http_server(tls: ssl.SSLContext | None = None) -> Iterator[int]:
+def http_server(tls: ssl.SSLContext | None = None) -> AbstractContextManager[int]:
     """An HTTP server on 127.0.0.1 (HTTPS with a TLS context); its port."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
-    if tls is not None:
-        server.socket = tls.wrap_socket(server.socket, server_side=True)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    return serving(Answer, tls)
 
 
 @dataclass
@@ -82,37 +73,21 @@ class Echo:
 @contextmanager
 def echo_server() -> Iterator[Echo]:
     """A TCP server on 127.0.0.1 that sends back what it receives."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    server = Echo(listener.getsockname()[1])
     lock = threading.Lock()
 
-    def echo(conn: socket.socket) -> None:
-        with lock:
-            server.open += 1
-        try:
-            with conn:
-                while data := conn.recv(65536):
-                    conn.sendall(data)
-        except OSError:
-            pass
-        finally:
+    class EchoBack(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
             with lock:
-                server.open -= 1
-
-    def accept() -> None:
-        while True:
+                server.open += 1
             try:
-                conn, _ = listener.accept()
+                while data := self.request.recv(65536):
+                    self.request.sendall(data)
             except OSError:
-                return
-            threading.Thread(target=echo, args=(conn,), daemon=True).start()
+                pass
+            finally:
+                with lock:
+                    server.open -= 1
 
-    threading.Thread(target=accept, daemon=True).start()
-    try:
+    with serving(EchoBack) as port:
+        server = Echo(port)
         yield server
-    finally:
-        try:
-            listener.shutdown(socket.SHUT_RDWR)  # wakes the accept
-        except OSError:
-            pass
-        listener.close()

@@ -1,11 +1,16 @@
 """What many test modules need: waiting for a condition, finding host processes by command line,
-the sandbox's workspace and the installed server command."""
+the sandbox's workspace, the installed server command and threaded servers on the loopback."""
 
 from __future__ import annotations
 
 import os
+import socketserver
+import ssl
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import anyio
@@ -81,3 +86,24 @@ def server_params(*args: str) -> StdioServerParameters:
         args=list(args),
         env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")},
     )
+
+
+class _Threaded(ThreadingHTTPServer):
+    request_queue_size = 128  # the default 5 resets connections that come all at once
+    daemon_threads = True  # a connection left open must not hold up the end of a test
+
+
+@contextmanager
+def serving(handler: type[socketserver.BaseRequestHandler], tls: ssl.SSLContext | None = None) -> Iterator[int]:
+    """A server on 127.0.0.1 that runs ``handler`` (an HTTP or a plain TCP one) for each
+    connection, on a thread of its own, behind TLS with ``tls``; its port. On exit it stops
+    taking connections; those still open are left to their threads."""
+    server = _Threaded(("127.0.0.1", 0), handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, args=(0.1,), daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()

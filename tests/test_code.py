@@ -131,6 +131,17 @@ async def test_rich_display(mcp: Tools) -> None:
     assert (await run(mcp, "y = 3"))["results"] == []
 
 
+async def test_plain_python_engine_where_ipython_is_off(mcp: Tools) -> None:
+    # The fallback is a file of its own beside the worker: it must reach every backend's sandbox.
+    created = await mcp("create_code_context", context_id="plain", env={"MCP_SANDBOX_NO_IPYTHON": "1"})
+    assert created["engine"] == "python"
+    r = await run(mcp, "def half(v):\n    return 1 / v\nhalf(2)", context_id="plain")
+    assert texts(r) == ["0.5"]
+    r = await run(mcp, "half(0)", context_id="plain")
+    assert r["error"]["name"] == "ZeroDivisionError"
+    assert "return 1 / v" in "\n".join(r["error"]["traceback"])
+
+
 async def test_ipython_magics_and_shell_commands(mcp: Tools) -> None:
     created = await mcp("create_code_context", context_id="ip")
     if created["engine"] != "ipython":

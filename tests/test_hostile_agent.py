@@ -40,11 +40,11 @@ pytestmark = pytest.mark.anyio
 
 MiB = 1 << 20
 
-# Run inside a sandbox: try to open every descriptor of every process under the given pid (the
-# sandbox's agent; without isolation it must not touch the rest of the host), for writing and for
-# reading, and report the inode of what opened (nothing is written or read).
-OPEN_EVERY_FD = r"""
-import json, os, sys
+# The head of the scripts below, run inside a sandbox: the pids of the sandbox's agent (its pid is
+# the first argument) and of every process under it; without isolation, nothing else of the host.
+AGENT_TREE = r"""
+import os, sys
+root = int(sys.argv[1])
 def children(pid):
     found = []
     try:
@@ -54,14 +54,20 @@ def children(pid):
     except OSError:
         pass
     return found
-with open("/proc/%d/cmdline" % int(sys.argv[1]), "rb") as f:  # never beyond this sandbox
+with open("/proc/%d/cmdline" % root, "rb") as f:  # never beyond this sandbox
     if b"agent.main" not in f.read():
-        sys.exit("pid %s is not the sandbox's agent" % sys.argv[1])
-pids, todo = [], [int(sys.argv[1])]
+        sys.exit("pid %d is not the sandbox's agent" % root)
+pids, todo = [], [root]
 while todo:
     pid = todo.pop()
     pids.append(pid)
     todo += children(pid)
+"""
+
+# Try to open every descriptor of every process under the agent, for writing and for reading,
+# and report the inode of what opened (nothing is written or read).
+OPEN_EVERY_FD = AGENT_TREE + r"""
+import json
 report = []
 for pid in pids:
     if pid == os.getpid():
@@ -83,28 +89,11 @@ for pid in pids:
 print(json.dumps(report))
 """
 
-# Run inside a sandbox, in the background: garbage and then endless bytes into every pipe it
-# can open under the given pid, without blocking, within a time and a total size.
-FLOOD_EVERY_PIPE = r"""
-import errno, os, sys, time
-root, total_max, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-def children(pid):
-    found = []
-    try:
-        for task in os.listdir("/proc/%d/task" % pid):
-            with open("/proc/%d/task/%s/children" % (pid, task)) as f:
-                found += [int(p) for p in f.read().split()]
-    except OSError:
-        pass
-    return found
-with open("/proc/%d/cmdline" % root, "rb") as f:  # never beyond this sandbox
-    if b"agent.main" not in f.read():
-        sys.exit("pid %d is not the sandbox's agent" % root)
-pids, todo = [], [root]
-while todo:
-    pid = todo.pop()
-    pids.append(pid)
-    todo += children(pid)
+# Run in the background: garbage and then endless bytes into every pipe it can open under the
+# agent, without blocking, within a total size and a time (the second and third arguments).
+FLOOD_EVERY_PIPE = AGENT_TREE + r"""
+import time
+total_max, seconds = int(sys.argv[2]), float(sys.argv[3])
 targets = []
 for pid in pids:
     if pid == os.getpid():

@@ -7,10 +7,9 @@ from __future__ import annotations
 import http.server
 import re
 import socket
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -22,6 +21,8 @@ from mcp_sandbox.errors import SandboxError
 from mcp_sandbox.port_gate import DoorKey
 from mcp_sandbox.ports import MAX_CONNECTIONS, MAX_PORTS, ExposedPorts
 from mcp_sandbox.settings import Settings
+
+from .helpers import serving
 
 pytestmark = pytest.mark.anyio
 
@@ -68,23 +69,6 @@ class Echo(http.server.BaseHTTPRequestHandler):
         self.wfile.write(text)
 
     do_GET = do_POST = _answer
-
-
-class EchoServer(http.server.ThreadingHTTPServer):
-    request_queue_size = 128  # the default 5 resets connections that come all at once
-    daemon_threads = True
-
-
-@contextmanager
-def echo_server() -> Iterator[int]:
-    server = EchoServer(("127.0.0.1", 0), Echo)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @asynccontextmanager
@@ -141,7 +125,7 @@ async def test_bytes_go_both_ways_and_half_close_is_kept() -> None:
 
 
 async def test_http_and_many_connections_at_once() -> None:
-    with echo_server() as port:
+    with serving(Echo) as port:
         async with doors() as ports:
             door = await ports.expose("sbx_a", port, loopback)
             answers: list[bytes] = []
@@ -196,7 +180,7 @@ async def test_connections_past_the_cap_wait_for_a_free_slot() -> None:
 
 
 async def test_unexpose_and_sandbox_removal_close_listeners_and_live_connections() -> None:
-    with echo_server() as port:
+    with serving(Echo) as port:
         async with doors() as ports:
             first = await ports.expose("sbx_a", port, loopback)
             second = await ports.expose("sbx_a", port, loopback)
@@ -246,7 +230,7 @@ async def test_bad_ports_the_cap_and_a_port_nobody_listens_on() -> None:
 
 
 async def test_url_token_admits_sets_a_cookie_and_is_stripped() -> None:
-    with echo_server() as port:
+    with serving(Echo) as port:
         async with doors(AUTH) as ports:
             door = await ports.expose("sbx_a", port, loopback)
             token = token_of(door.url)
@@ -289,7 +273,7 @@ async def test_url_token_admits_sets_a_cookie_and_is_stripped() -> None:
 
 
 async def test_tokens_open_only_their_own_door() -> None:
-    with echo_server() as port, echo_server() as port2:
+    with serving(Echo) as port, serving(Echo) as port2:
         async with doors(AUTH) as ports:
             door = await ports.expose("sbx_a", port, loopback)
             token = token_of(door.url)
@@ -349,7 +333,7 @@ async def test_tokens_open_only_their_own_door() -> None:
 
 
 async def test_the_gate_refuses_what_it_cannot_read() -> None:
-    with echo_server() as port:
+    with serving(Echo) as port:
         async with doors(AUTH) as ports:
             door = await ports.expose("sbx_a", port, loopback)
             token = token_of(door.url)

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from mcp_sandbox import deadlines
 from mcp_sandbox.errors import ErrorCode, SandboxError
-from mcp_sandbox.models import CodeResult, ExecResult, ProcessLogs
+from mcp_sandbox.models import CodeResult, Cursor, ExecResult, ProcessLogs, ProcessScreen
 from mcp_sandbox.mounts import parse_mount
 from mcp_sandbox.sizes import format_size, parse_size
 from mcp_sandbox.stdio import _undecodable
@@ -23,6 +23,7 @@ from mcp_sandbox.tools.code import render_code
 from mcp_sandbox.tools.common import duration
 from mcp_sandbox.tools.processes import render_logs
 from mcp_sandbox.tools.sessions import render_exec
+from mcp_sandbox.tools.terminals import render_screen
 
 AGENT = Path(__file__).parent.parent / "mcp_sandbox" / "agent"
 
@@ -163,6 +164,32 @@ def test_render_logs_says_scope_and_cut() -> None:
     ]
     quiet = r.model_copy(update={"stdout": "", "status": "completed", "exit_code": 0, "matched": None})
     assert render_logs(quiet, None, True, None).endswith("(no output)")
+
+
+def test_wait_for_outcome_in_logs_and_on_the_screen() -> None:
+    now = datetime.now(timezone.utc)
+    logs = ProcessLogs(
+        process_id="web", pid=7, command="serve", session_id="default", status="running", exit_code=None,
+        started_at=now, stdout_file="/logs/o", stderr_file="/logs/e", stdout="", stderr="",
+        matched=None, timed_out=True, truncated=False,
+    )
+    screen = ProcessScreen(
+        process_id="t", status="running", text="$", cursor=Cursor(row=0, col=1), cols=80, rows=1, timed_out=True
+    )
+    assert render_logs(logs, "ready", False, None).splitlines()[1] == (
+        "no line matched 'ready' before the timeout; the process is running"
+    )
+    assert render_screen(screen, "ready").splitlines()[1] == "the screen did not match 'ready' before the timeout"
+    ended = {"status": "failed", "exit_code": 1, "timed_out": False}
+    assert render_logs(logs.model_copy(update=ended), "ready", False, None).splitlines()[1] == (
+        "no line matched 'ready'; the process ended (failed)"
+    )
+    assert render_screen(screen.model_copy(update=ended), "ready").splitlines()[1] == (
+        "the screen did not match 'ready'; the process ended (failed)"
+    )
+    assert render_screen(screen.model_copy(update={"matched": "$", "timed_out": False}), "[$]").splitlines()[1] == (
+        "matched: $"
+    )
 
 
 def test_durations_as_people_say_them() -> None:

@@ -193,6 +193,27 @@ def cut_note(path: str | None) -> str:
     return f"cut; full output in {path}" if path else ""
 
 
+class Waited(Protocol):
+    """What get_process_logs and get_process_screen answer after waiting for a pattern."""
+
+    @property
+    def matched(self) -> str | None: ...
+    @property
+    def timed_out(self) -> bool: ...
+    @property
+    def status(self) -> str: ...
+
+
+def wait_outcome(r: Waited, wait_for: str, missed: str, at_timeout: str = "") -> str:
+    """The line that says how waiting for ``wait_for`` ended: what matched, or ``missed`` (what
+    did not match it) and why the wait stopped, with ``at_timeout`` added when time ran out."""
+    if r.matched is not None:
+        return f"matched: {r.matched}"
+    if r.timed_out:
+        return f"{missed} {wait_for!r} before the timeout{at_timeout}"
+    return f"{missed} {wait_for!r}; the process ended ({r.status})"
+
+
 Progress = Callable[[str, str, int], Awaitable[None]]
 
 

@@ -35,6 +35,7 @@ from .common import (
     result,
     runs_code,
     tool_errors,
+    wait_outcome,
     with_settings,
 )
 
@@ -59,12 +60,7 @@ def describe(p: ProcessInfo) -> str:
 def render_logs(r: ProcessLogs, wait_for: str | None, wait_for_exit: bool, tail: int | None) -> str:
     parts = [describe(r)]
     if wait_for is not None:
-        if r.matched is not None:
-            parts.append(f"matched: {r.matched}")
-        elif r.timed_out:
-            parts.append(f"no line matched {wait_for!r} before the timeout; the process is {r.status}")
-        else:
-            parts.append(f"no line matched {wait_for!r}; the process ended ({r.status})")
+        parts.append(wait_outcome(r, wait_for, "no line matched", f"; the process is {r.status}"))
     elif wait_for_exit and r.timed_out:
         parts.append("still running at the timeout")
     scope = f"last {tail} lines" if tail is not None else "whole log"

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from ..manager import SandboxManager
 from ..models import ProcessScreen, TerminalResized
-from .common import IDEMPOTENT, READ_ONLY, SandboxId, result, tool_errors
+from .common import IDEMPOTENT, READ_ONLY, SandboxId, result, tool_errors, wait_outcome
 from .processes import ProcessId
 
 
@@ -19,12 +19,7 @@ def render_screen(r: ProcessScreen, wait_for: str | None) -> str:
     cursor = f"cursor at row {r.cursor.row}, col {r.cursor.col}" + ("" if r.cursor.visible else " (hidden)")
     parts = [f"{r.process_id}: {state} · {r.cols}x{r.rows} · {cursor} (0-based)"]
     if wait_for is not None:
-        if r.matched is not None:
-            parts.append(f"matched: {r.matched}")
-        elif r.timed_out:
-            parts.append(f"the screen did not match {wait_for!r} before the timeout")
-        else:
-            parts.append(f"the screen did not match {wait_for!r}; the process ended ({r.status})")
+        parts.append(wait_outcome(r, wait_for, "the screen did not match"))
     lines = r.text.split("\n")
     while lines and not lines[-1]:
         lines.pop()

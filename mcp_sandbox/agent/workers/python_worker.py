@@ -16,16 +16,15 @@ cell with KeyboardInterrupt and is ignored while idle; EOF on fd 3 ends the work
 
 With IPython importable (and ``MCP_SANDBOX_NO_IPYTHON`` unset) cells run in an IPython
 ``InteractiveShell`` as in Jupyter (magics, ``!cmd``, rich display); otherwise in a plain-Python
-fallback with the same result shape. Standard library only besides that; runs on Python >= 3.8.
+fallback with the same result shape (``plain_engine.py``, beside this file). Standard library only
+besides that; runs on Python >= 3.8.
 """
 
 from __future__ import annotations
 
-import ast
 import base64
 import io
 import json
-import linecache
 import os
 import re
 import signal
@@ -34,7 +33,7 @@ import threading
 import traceback
 import types
 import warnings
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol
 
 if TYPE_CHECKING:
     import asyncio
@@ -54,17 +53,6 @@ MIME_TYPES = frozenset(
     )
 )
 BINARY_MIME_TYPES = frozenset(("image/png", "image/jpeg"))
-# The plain engine's rich display, in the order IPython's formatter consults them.
-REPR_METHODS: Tuple[Tuple[str, str], ...] = (
-    ("_repr_html_", "text/html"),
-    ("_repr_markdown_", "text/markdown"),
-    ("_repr_svg_", "image/svg+xml"),
-    ("_repr_png_", "image/png"),
-    ("_repr_jpeg_", "image/jpeg"),
-    ("_repr_latex_", "text/latex"),
-    ("_repr_json_", "application/json"),
-)
-CO_COROUTINE = 0x0080  # inspect.CO_COROUTINE, without importing inspect
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # How long threads and atexit handlers that user code left behind may delay the worker's exit.
 EXIT_GRACE_SECONDS = 2.0
@@ -84,6 +72,13 @@ class Cell:
         bundle = clean_bundle(data)
         if bundle:
             self.results.append(bundle)
+
+    def fail(self, exc: BaseException, traceback_lines: List[str]) -> None:
+        self.error = {
+            "name": type(exc).__name__,
+            "value": str(exc),
+            "traceback": traceback_lines or exception_only(exc),
+        }
 
 
 class Engine(Protocol):
@@ -110,14 +105,6 @@ def clean_bundle(data: Dict[str, Any]) -> Bundle:
         elif isinstance(value, str):
             bundle[mime] = value
     return bundle
-
-
-def error_info(exc: BaseException, traceback_lines: List[str]) -> ErrorInfo:
-    return {
-        "name": type(exc).__name__,
-        "value": str(exc),
-        "traceback": traceback_lines or exception_only(exc),
-    }
 
 
 def exception_only(exc: BaseException) -> List[str]:
@@ -198,109 +185,6 @@ def ignore_signal(signum: int, frame: Optional[types.FrameType]) -> None:
     pass
 
 
-class PlainEngine:
-    """Jupyter-like cells on the bare interpreter: the last expression is displayed."""
-
-    name = "python"
-
-    def __init__(self) -> None:
-        # Like IPython, give user code a fresh __main__ so that pickle, dataclasses and
-        # `if __name__ == "__main__"` see the user's namespace and not the worker's module.
-        module = types.ModuleType("__main__")
-        sys.modules["__main__"] = module
-        self.namespace = module.__dict__
-        self.namespace["display"] = self.display
-        self._cell = Cell()
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-
-    def display(self, *objs: Any) -> None:
-        """Add each object to the cell's results, formatted like a cell's last expression."""
-        for obj in objs:
-            self._cell.add(format_value(obj))
-
-    def run(self, code: str, count: int, cell: Cell) -> None:
-        self._cell = cell
-        filename = "<cell %d>" % count
-        # Registered so that tracebacks can quote the cell's source lines.
-        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-        try:
-            value = self._execute(code, filename)
-            if value is not None:
-                self.namespace["_"] = value
-                cell.add(format_value(value))
-        except BaseException as exc:
-            cell.error = error_info(exc, user_traceback(exc, filename))
-
-    def _execute(self, code: str, filename: str) -> Any:
-        flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
-        # dont_inherit: the worker's own `from __future__` imports must not apply to user code.
-        tree = compile(code, filename, "exec", ast.PyCF_ONLY_AST | flags, dont_inherit=True)
-        last: Optional[ast.Expression] = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
-            last = ast.Expression(tree.body.pop().value)
-        self._evaluate(compile(tree, filename, "exec", flags, dont_inherit=True))
-        if last is None:
-            return None
-        return self._evaluate(compile(last, filename, "eval", flags, dont_inherit=True))
-
-    def _evaluate(self, code: types.CodeType) -> Any:
-        result = eval(code, self.namespace)
-        if code.co_flags & CO_COROUTINE:
-            result = self._await(result)
-        return result
-
-    def _await(self, coroutine: Any) -> Any:
-        import asyncio
-
-        # One loop for the worker's life, so tasks a cell starts keep running in later cells.
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-        task = self._loop.create_task(coroutine)
-        try:
-            return self._loop.run_until_complete(task)
-        finally:
-            if not task.done():
-                # An interrupted cell must not resume when a later cell runs the loop again:
-                # deliver the cancellation now (one loop iteration) rather than leave it pending.
-                task.cancel()
-                self._loop.run_until_complete(asyncio.sleep(0))
-
-
-def format_value(value: Any) -> Bundle:
-    """A MIME bundle for value: repr() plus what its _repr_*_ methods offer, as IPython does."""
-    bundle: Bundle = {"text/plain": repr(value)}
-    if isinstance(value, type):
-        return bundle  # a class's _repr_*_ are unbound methods, not representations of it
-    methods: List[Tuple[str, Optional[str]]] = [("_repr_mimebundle_", None)]
-    methods.extend(REPR_METHODS)
-    for method, mime in methods:
-        if not callable(getattr(value, method, None)):
-            continue
-        try:
-            data = getattr(value, method)()
-        except Exception:
-            traceback.print_exc()
-            continue
-        if isinstance(data, tuple):  # (data, metadata)
-            data = data[0]
-        if data is None:
-            continue
-        if mime is None:
-            if isinstance(data, dict):
-                bundle.update(data)  # the object's own choice, text/plain included
-        else:
-            bundle.setdefault(mime, data)
-    return bundle
-
-
-def user_traceback(exc: BaseException, filename: str) -> List[str]:
-    """The traceback from the cell's first frame on, without the worker's own frames."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename != filename:
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip("\n").split("\n")
-
-
 def start_ipython() -> Optional[Engine]:
     """An engine on an IPython InteractiveShell, or None when IPython cannot be imported."""
     try:
@@ -333,7 +217,7 @@ def start_ipython() -> Optional[Engine]:
             error = result.error_before_exec or result.error_in_exec
             if error is not None:
                 lines = ANSI_ESCAPE.sub("", "\n".join(self.traceback)).rstrip("\n").split("\n")
-                cell.error = error_info(error, lines if self.traceback else [])
+                cell.fail(error, lines if self.traceback else [])
 
     class Shell(InteractiveShell):
         def _showtraceback(
@@ -397,7 +281,22 @@ def start_engine() -> Engine:
         engine = start_ipython()
         if engine is not None:
             return engine
-    return PlainEngine()
+    return plain_engine()
+
+
+def plain_engine() -> Engine:
+    """The plain-Python fallback, from plain_engine.py beside this file. Loaded by its path under a
+    private name: this directory is not on sys.path under -P/PYTHONSAFEPATH (and main takes it off
+    anyway), and a module of the user's named plain_engine must stay importable."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plain_engine.py")
+    spec = importlib.util.spec_from_file_location("_mcp_sandbox_plain_engine", path)
+    assert spec is not None and spec.loader is not None  # a .py path always has both
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    engine: Engine = module.PlainEngine()
+    return engine
 
 
 def execute(engine: Engine, code: str, count: int) -> Cell:
@@ -414,7 +313,7 @@ def execute(engine: Engine, code: str, count: int) -> Cell:
         # The interrupt landed in the worker's own code just before or after the user's.
         allow_interrupts(False)
         if cell.error is None:
-            cell.error = error_info(exc, [])
+            cell.fail(exc, [])
     return cell
 
 
