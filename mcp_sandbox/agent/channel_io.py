@@ -33,6 +33,11 @@ class FdReader:
         self._loop = asyncio.get_running_loop()
         self._buffer = memoryview(bytearray(READ_BUFFER))
         self._start = self._end = 0
+        self._held = 0  # bytes the read under way has taken already
+
+    def empty(self) -> bool:
+        """Nothing read from the fd is held: what comes next is all still in the fd."""
+        return self._start == self._end and not self._held
 
     async def _read_into(self, view: memoryview) -> int:
         while True:
@@ -58,6 +63,7 @@ class FdReader:
         view[:got] = self._buffer[self._start : self._start + got]
         self._start += got
         while got < n:
+            self._held = got
             if n - got >= READ_BUFFER // 4:
                 got += await self._read_into(view[got:])
                 continue
@@ -66,6 +72,7 @@ class FdReader:
             view[got : got + take] = self._buffer[:take]
             self._start = take
             got += take
+        self._held = 0
         return out
 
 
@@ -81,6 +88,11 @@ class FdWriter:
         self._queued = 0
         self._waiters: List["asyncio.Future[None]"] = []
         self.closed = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes written and not yet taken by the fd."""
+        return self._queued
 
     def write(self, data: Bytes) -> None:
         if self.closed:
