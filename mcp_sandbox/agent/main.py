@@ -19,7 +19,7 @@ from .jobs import Jobs
 from .pipes import enlarge_pipe
 from .processes import Processes
 from .protocol import Connection, Handler, Request, line_limit
-from .rest import Executor, rest_when_idle
+from .rest import ENDING, Executor, rest_when_idle
 from .saved_state import Parts, load, restore
 from .sessions import Sessions
 from .streams import Streams
@@ -195,6 +195,7 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int, saved: Optional
     stopping = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, _set_once, stopping)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, ENDING)  # blocked by a rest, so as not to be lost (rest.py)
     serving = loop.create_task(connection.serve())
     janitor = loop.create_task(
         expire_idle(config.get("session_idle_timeout", DEFAULT_SESSION_IDLE_TIMEOUT), [sessions.expire_idle, expire_contexts, lambda _: sessions.rest()])

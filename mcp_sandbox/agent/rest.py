@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Collection, List, Set
@@ -30,8 +31,10 @@ from .protocol import Connection
 from .saved_state import Parts, save
 
 # Run as: python3 -I -S -c STUB <channel's input fd> <the full agent's argv...>. The first line
-# shows in /proc/<pid>/cmdline that the agent rests. SIGTERM and SIGHUP end it (it holds nothing);
-# it needs handlers for them as a container's pid 1, which ignores signals it has none for.
+# shows in /proc/<pid>/cmdline that the agent rests. SIGTERM and SIGHUP end it (it holds nothing).
+# It needs handlers for them as a pid namespace's init, which ignores signals it has none for: so
+# both come blocked through each exec (a blocked signal waits, even for an init), and are unblocked
+# once their handlers are in place, here and in the woken agent (main.serve).
 STUB = """\
 # mcp-sandbox: the agent at rest (agent/rest.py)
 import os, select, sys, _signal
@@ -40,11 +43,14 @@ def leave(*_):
 _signal.signal(1, leave)
 _signal.signal(15, leave)
 _signal.signal(2, _signal.SIG_IGN)
+_signal.pthread_sigmask(_signal.SIG_UNBLOCK, (1, 15))
 channel = select.poll()
 channel.register(int(sys.argv[1]), select.POLLIN)
 channel.poll()
+_signal.pthread_sigmask(_signal.SIG_BLOCK, (1, 15))
 os.execv(sys.argv[2], sys.argv[2:])
 """
+ENDING = {signal.SIGTERM, signal.SIGHUP}
 STUB_MARKER = STUB.split("\n", 1)[0]
 
 
@@ -132,11 +138,13 @@ def rest(parts: Parts, channel: List[int]) -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     agent = [python, "-I", "-S", "-c", BOOTSTRAP, root, json.dumps({"resume": state})]
     sys.stderr.flush()
+    signal.pthread_sigmask(signal.SIG_BLOCK, ENDING)
     try:
         for fd in handed:
             os.set_inheritable(fd, True)
         os.execv(python, [python, "-I", "-S", "-c", STUB, str(channel[0])] + agent)
     except OSError:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, ENDING)
         for fd in handed:
             os.set_inheritable(fd, False)
         os.close(state)
