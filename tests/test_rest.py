@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import ByteStream
 from mcp.client import Client
 
 from mcp_sandbox.agent import api
@@ -27,6 +28,7 @@ from mcp_sandbox.server import build_server
 from .conftest import Tools, require_backend, settings_for
 from .helpers import eventually
 from .test_hostile_agent import agent_pid
+from .test_streams import CLIENT, read_all
 
 pytestmark = pytest.mark.anyio
 
@@ -123,14 +125,23 @@ async def test_no_rest_while_anything_lives(isolated: str, tmp_path: Path, monke
         await anyio.sleep(3 * REST_AFTER)
         assert not resting(pid)
         await mcp("delete_code_context", context_id="py")
-        sandbox.on_stream("rest-test", close_at_once)
-        await sandbox.listen("rest-test", 0)
-        await anyio.sleep(3 * REST_AFTER)
-        assert not resting(pid)
+        assert await rests(pid)
 
 
-async def close_at_once(stream: Any) -> None:
-    pass
+async def test_a_listener_rests_with_its_agent(isolated: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As the egress proxy's: the port stays the agent's through the rest, and is served after it.
+    async with server(isolated, tmp_path, monkeypatch) as (mcp, manager):
+        sandbox, pid = await default_sandbox(mcp, manager)
+
+        async def shout(stream: ByteStream) -> None:
+            await stream.send((await read_all(stream)).upper())
+
+        sandbox.on_stream("shout", shout)
+        port = await sandbox.listen("shout", 0)
+        await sandbox.write_file("client.py", CLIENT)
+        for word in ("before", "after"):
+            assert await rests(pid)
+            assert (await mcp.sh(f"python3 client.py {port} {word}"))["stdout"] == word.upper() + "\n"
 
 
 async def test_requests_around_the_rest_are_all_answered(isolated: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

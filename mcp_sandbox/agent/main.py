@@ -20,7 +20,7 @@ from .pipes import enlarge_pipe
 from .processes import Processes
 from .protocol import Connection, Handler, Request, line_limit
 from .rest import ENDING, Executor, rest_when_idle
-from .saved_state import Parts, load, restore
+from .saved_state import Parts, load, restore, restore_listeners
 from .sessions import Sessions
 from .streams import Streams
 from .tasks import cancel_and_wait
@@ -192,6 +192,8 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int, saved: Optional
         Method.LISTEN: streams.listen,
     }
     connection = Connection(in_fd, out_fd, handlers, line_limit(config["max_output"]), streams.notifications())
+    if saved is not None:
+        await restore_listeners(saved, streams, connection)
     stopping = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, _set_once, stopping)

@@ -2,7 +2,7 @@
 
 An idle agent is mostly the memory of an interpreter that imported asyncio (~9 MB), however little
 it holds. So once the host has sent nothing for ``REST_AFTER`` seconds and nothing lives in the
-sandbox but the agent (no process, request, stream, listener, code context or file transfer), the
+sandbox but the agent (no process, request, stream, code context or file transfer), the
 agent saves its records (saved_state.py) to a memfd and execs ``STUB``: the same interpreter with
 only os, select and sys, which waits until the channel has something to read, without reading it,
 and then execs the full agent again, which restores the records and reads the request that woke
@@ -28,7 +28,7 @@ from typing import Any, Callable, Collection, List, Set
 
 from . import BOOTSTRAP
 from .protocol import Connection
-from .saved_state import Parts, save
+from .saved_state import Parts, listening, save
 
 # Run as: python3 -I -S -c STUB <channel's input fd> <the full agent's argv...>. The first line
 # shows in /proc/<pid>/cmdline that the agent rests. SIGTERM and SIGHUP end it (it holds nothing).
@@ -104,7 +104,7 @@ def nothing_live(parts: Parts, connection: Connection, executor: Executor, own: 
     for process in parts.processes.processes.values():
         if process.running or (process.terminal is not None and not process.terminal.closed.done()):
             return False
-    if parts.streams.streams or parts.streams._servers:
+    if parts.streams.streams:
         return False
     if any(contexts.contexts for contexts in parts.contexts):
         return False
@@ -133,7 +133,8 @@ def rest(parts: Parts, channel: List[int]) -> None:
     agent goes on as before."""
     state = _state_fd(save(parts, channel), parts.config["state_dir"])
     cgroup = parts.config.get("cgroup")
-    handed = channel + [state] + ([cgroup["fd"]] if cgroup is not None else [])
+    handed = channel + [state] + [fd for _, fd in listening(parts.streams)]
+    handed += [cgroup["fd"]] if cgroup is not None else []
     python = sys.executable or os.readlink("/proc/self/exe")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     agent = [python, "-I", "-S", "-c", BOOTSTRAP, root, json.dumps({"resume": state})]

@@ -1,10 +1,10 @@
 """What an agent keeps in memory, saved before it rests and restored when it wakes (rest.py).
 
-Only an agent with nothing live rests: no process, request, stream, listener, code context or file
-transfer. What is left is records: the sessions (their shell state is in files already; here are
+Only an agent with nothing live rests: no process, request, stream, code context or file transfer.
+What is left is records: the sessions (their shell state is in files already; here are
 their cwd, option commands, generation and times), the ended background processes (their logs are
 files), the counters that mint ids (so that no id is used twice), the job cgroups still known and
-the spill files kept. The agent's config and channel fds travel along, so that the woken agent
+the spill files kept, and the listeners' sockets. The agent's config and channel fds travel along, so that the woken agent
 needs nothing else. Plain JSON: ids and paths may hold lone surrogates, which JSON keeps.
 """
 
@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Dict, List
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Tuple
 
 from .children import Children
 from .processes import Process, Processes
+from .protocol import Connection
 from .sessions import Session, Sessions
 from .streams import Streams
 from .terminal import Terminal
@@ -75,8 +77,16 @@ def save(parts: Parts, channel: List[int]) -> bytes:
         "context_ids": None if contexts is None else [contexts._ids._count, contexts._serial],
         "file_handles": None if files is None else files._handles._count,
         "stream_id": parts.streams._next_id,
+        "listeners": [[kind, fd] for kind, fd in listening(parts.streams)],
     }
     return json.dumps(state).encode()
+
+
+def listening(streams: Streams) -> List[Tuple[str, int]]:
+    """The listeners' kinds and sockets: the sockets stay open through the rest, so that their
+    ports stay taken and the woken agent accepts on them again (nothing can connect meanwhile:
+    only the sandbox's processes could, and there are none)."""
+    return [(kind, server.sockets[0].fileno()) for server, kind in streams.listeners]
 
 
 def _process(process: Process) -> Dict[str, Any]:
@@ -132,3 +142,9 @@ def restore(
     if state["file_handles"] is not None:
         files()._handles._count = state["file_handles"]
     parts.streams._next_id = state["stream_id"]
+
+
+async def restore_listeners(state: Dict[str, Any], streams: Streams, connection: Connection) -> None:
+    for kind, fd in state["listeners"]:
+        os.set_inheritable(fd, False)
+        await streams.serve(connection, kind, sock=socket.socket(fileno=fd))
