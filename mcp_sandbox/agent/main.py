@@ -11,7 +11,7 @@ import json
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from .api import DEFAULT_SESSION_IDLE_TIMEOUT, PROTOCOL_VERSION, REST_AFTER, Hello, Method
 from .children import _PR_SET_DUMPABLE, _PR_SET_PDEATHSIG, Children, prctl
@@ -149,7 +149,7 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int, saved: Optional
         if loaded_contexts:
             await loaded_contexts[0].expire_idle(idle_seconds)
 
-    parts = Parts(config, children, sessions, processes, streams, loaded_contexts, loaded_files)
+    parts = Parts(config, [in_fd, out_fd], children, sessions, processes, streams, loaded_contexts, loaded_files)
     if saved is not None:
         restore(saved, parts, contexts, files)
 
@@ -202,8 +202,7 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int, saved: Optional
     janitor = loop.create_task(
         expire_idle(config.get("session_idle_timeout", DEFAULT_SESSION_IDLE_TIMEOUT), [sessions.expire_idle, expire_contexts, lambda _: sessions.rest()])
     )
-    always: Set["asyncio.Future[Any]"] = {serving, janitor}  # and this task
-    always.update(task for task in [asyncio.current_task()] if task is not None)
+    always = (serving, janitor, asyncio.current_task())
     resting = loop.create_task(rest_when_idle(config.get("rest_after", REST_AFTER), parts, connection, executor, always))
     await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
     # The host is gone or asked us to stop: nothing started in the sandbox may outlive us, and

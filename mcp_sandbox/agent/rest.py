@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Collection, List, Set
+from typing import Any, Callable, Collection, Optional, Set
 
 from . import BOOTSTRAP
 from .protocol import Connection
@@ -73,11 +73,13 @@ class Executor(ThreadPoolExecutor):
         return bool(self._busy)
 
 
-async def rest_when_idle(after: float, parts: Parts, connection: Connection, executor: Executor, own: Collection["asyncio.Future[Any]"]) -> None:
+Tasks = Collection[Optional["asyncio.Future[Any]"]]
+
+
+async def rest_when_idle(after: float, parts: Parts, connection: Connection, executor: Executor, own: Tasks) -> None:
     """Rest once the host was silent for ``after`` seconds and nothing is live; else look again
     ``after`` seconds later. ``own``: the agent's tasks that are always there."""
     loop = asyncio.get_running_loop()
-    channel = [connection._in_fd, connection._out_fd]
     while True:
         wait = connection.last_active + after - loop.time()
         if wait > 0:
@@ -86,14 +88,14 @@ async def rest_when_idle(after: float, parts: Parts, connection: Connection, exe
         await parts.sessions.rest(after)  # their standby bashes go first, and are reaped
         if loop.time() - connection.last_active >= after and nothing_live(parts, connection, executor, own):
             try:
-                rest(parts, channel)
+                rest(parts)
             except OSError as exc:
                 sys.stderr.write("mcp-sandbox agent: could not rest, and will not try again: %s\n" % exc)
                 return
         await asyncio.sleep(after)
 
 
-def nothing_live(parts: Parts, connection: Connection, executor: Executor, own: Collection["asyncio.Future[Any]"]) -> bool:
+def nothing_live(parts: Parts, connection: Connection, executor: Executor, own: Tasks) -> bool:
     current = asyncio.current_task()
     if not connection.quiet() or executor.busy or parts.children._waiting:
         return False
@@ -128,11 +130,12 @@ def alone() -> bool:
         return False
 
 
-def rest(parts: Parts, channel: List[int]) -> None:
+def rest(parts: Parts) -> None:
     """Save the state and exec the stub; returns only if that failed (OSError), and then the
     agent goes on as before."""
-    state = _state_fd(save(parts, channel), parts.config["state_dir"])
+    state = _state_fd(save(parts), parts.config["state_dir"])
     cgroup = parts.config.get("cgroup")
+    channel = parts.channel
     handed = channel + [state] + [fd for _, fd in listening(parts.streams)]
     handed += [cgroup["fd"]] if cgroup is not None else []
     python = sys.executable or os.readlink("/proc/self/exe")

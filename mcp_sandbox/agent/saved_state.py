@@ -37,6 +37,7 @@ class Parts:
     def __init__(
         self,
         config: Dict[str, Any],
+        channel: List[int],
         children: Children,
         sessions: Sessions,
         processes: Processes,
@@ -45,6 +46,7 @@ class Parts:
         files: List["Files"],
     ) -> None:
         self.config = config
+        self.channel = channel  # its input and output fds
         self.children = children
         self.sessions = sessions
         self.processes = processes
@@ -53,7 +55,7 @@ class Parts:
         self.files = files
 
 
-def save(parts: Parts, channel: List[int]) -> bytes:
+def save(parts: Parts) -> bytes:
     sessions, processes = parts.sessions, parts.processes
     jobs = parts.children._jobs
     contexts = parts.contexts[0] if parts.contexts else None
@@ -61,7 +63,7 @@ def save(parts: Parts, channel: List[int]) -> bytes:
     state = {
         "version": _VERSION,
         "config": parts.config,
-        "channel": channel,
+        "channel": parts.channel,
         "session_ids": sessions._ids._count,
         "sessions": [
             {
