@@ -1,11 +1,12 @@
 """What an agent keeps in memory, saved before it rests and restored when it wakes (rest.py).
 
 Only an agent with nothing live rests: no process, request, stream, code context or file transfer.
-What is left is records: the sessions (their shell state is in files already; here are
-their cwd, option commands, generation and times), the ended background processes (their logs are
-files), the counters that mint ids (so that no id is used twice), the job cgroups still known and
-the spill files kept, and the listeners' sockets. The agent's config and channel fds travel along, so that the woken agent
-needs nothing else. Plain JSON: ids and paths may hold lone surrogates, which JSON keeps.
+What is left is records: the sessions (their shell state is in files already; here are their cwd,
+option commands, generation and times), the ended background processes (their logs are files),
+the counters that mint ids (so that no id is used twice), the job cgroups still known, the spill
+files kept, and the listeners' sockets. The agent's config and channel fds travel along, so that
+the woken agent needs nothing else. Plain JSON: ids and paths may hold lone surrogates, which JSON
+keeps. The records are read where the components keep them: this module is their one other user.
 """
 
 from __future__ import annotations
