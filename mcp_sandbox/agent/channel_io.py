@@ -36,6 +36,11 @@ class FdReader:
         # so all of it would count in every sandbox's memory, most of it never used).
         self._buffer = memoryview(mmap.mmap(-1, READ_BUFFER))
         self._start = self._end = 0
+        self._held = 0  # bytes the read under way has taken already
+
+    def empty(self) -> bool:
+        """Nothing read from the fd is held: what comes next is all still in the fd."""
+        return self._start == self._end and not self._held
 
     async def _read_into(self, view: memoryview) -> int:
         while True:
@@ -61,6 +66,7 @@ class FdReader:
         view[:got] = self._buffer[self._start : self._start + got]
         self._start += got
         while got < n:
+            self._held = got
             if n - got >= READ_BUFFER // 4:
                 got += await self._read_into(view[got:])
                 continue
@@ -69,6 +75,7 @@ class FdReader:
             view[got : got + take] = self._buffer[:take]
             self._start = take
             got += take
+        self._held = 0
         return out
 
 
@@ -84,6 +91,11 @@ class FdWriter:
         self._queued = 0
         self._waiters: List["asyncio.Future[None]"] = []
         self.closed = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes written and not yet taken by the fd."""
+        return self._queued
 
     def write(self, data: Bytes) -> None:
         if self.closed:

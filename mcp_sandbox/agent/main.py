@@ -11,14 +11,16 @@ import json
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
-from .api import DEFAULT_SESSION_IDLE_TIMEOUT, PROTOCOL_VERSION, Hello, Method
+from .api import DEFAULT_SESSION_IDLE_TIMEOUT, PROTOCOL_VERSION, REST_AFTER, Hello, Method
 from .children import _PR_SET_DUMPABLE, _PR_SET_PDEATHSIG, Children, prctl
 from .jobs import Jobs
 from .pipes import enlarge_pipe
 from .processes import Processes
 from .protocol import Connection, Handler, Request, line_limit
+from .rest import ENDING, Executor, rest_when_idle
+from .saved_state import Parts, load, restore, restore_listeners
 from .sessions import Sessions
 from .streams import Streams
 from .tasks import cancel_and_wait
@@ -30,23 +32,22 @@ if TYPE_CHECKING:
 
 def main() -> None:
     config: Dict[str, Any] = json.loads(sys.argv[1])
-    if config.get("inherit_env"):
-        # In a container the image's environment (PATH, HOME, LANG, ...) is the lowest layer of
-        # every command's environment; only the agent can read it. The backend's env goes on top.
-        config["env"] = dict(os.environ, **config["env"])
-    # The channel keeps private copies of stdin/stdout; fd 0 and 1 then point elsewhere so that
-    # nothing the agent or a library prints can corrupt the protocol stream.
-    in_fd, out_fd = os.dup(0), os.dup(1)
-    for fd in (in_fd, out_fd):
-        enlarge_pipe(fd)  # file chunks are ~1.4 MB lines: fewer round trips through a 64 KiB pipe
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.dup2(2, 1)
-    os.close(devnull)
+    saved = None
+    if "resume" in config:
+        # Woken from a rest (rest.py): the one-time steps below were done, and are kept by exec.
+        saved = load(config["resume"])
+        config = saved["config"]
+        in_fd, out_fd = saved["channel"]
+        for fd in (in_fd, out_fd):
+            os.set_inheritable(fd, False)
+    else:
+        in_fd, out_fd = take_channel(config)
+        apply_rlimits(config.get("rlimits") or {})
     # The channel is the host's only door into the sandbox: code in the sandbox runs as our user,
     # and could otherwise open our pipes through /proc/<pid>/fd and write to the host or read its
     # requests. Not dumpable, only a process with CAP_SYS_PTRACE may open them, and sandboxes have
-    # none. Dumpable comes back with every exec, so what we start is unaffected.
+    # none. Dumpable comes back with every exec, so what we start is unaffected (and so is this
+    # agent after a rest: hence again here).
     if not prctl(_PR_SET_DUMPABLE, 0):
         sys.stderr.write("mcp-sandbox agent: prctl(PR_SET_DUMPABLE, 0) failed; code in the sandbox can reach the channel\n")
     if os.getpid() != 1:
@@ -54,11 +55,27 @@ def main() -> None:
         # namespace's pid 1 (bubblewrap, Docker) the backend's own rule applies: bubblewrap's
         # SIGKILL when the server dies, which takes the whole namespace with it.
         prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    apply_rlimits(config.get("rlimits") or {})
     # A handler, not SIG_IGN: an ignored signal stays ignored in every child after exec, and then
     # neither kill_process's INT nor a command's own trap on INT would work.
     signal.signal(signal.SIGINT, lambda *_: None)
-    asyncio.run(serve(config, in_fd, out_fd))
+    asyncio.run(serve(config, in_fd, out_fd, saved))
+
+
+def take_channel(config: Dict[str, Any]) -> Tuple[int, int]:
+    """The channel's fds, private copies of stdin and stdout; fd 0 and 1 then point elsewhere so
+    that nothing the agent or a library prints can corrupt the protocol stream."""
+    if config.get("inherit_env"):
+        # In a container the image's environment (PATH, HOME, LANG, ...) is the lowest layer of
+        # every command's environment; only the agent can read it. The backend's env goes on top.
+        config["env"] = dict(os.environ, **config["env"])
+    in_fd, out_fd = os.dup(0), os.dup(1)
+    for fd in (in_fd, out_fd):
+        enlarge_pipe(fd)  # file chunks are ~1.4 MB lines: fewer round trips through a 64 KiB pipe
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    os.close(devnull)
+    return in_fd, out_fd
 
 
 def apply_rlimits(limits: Dict[str, int]) -> None:
@@ -84,8 +101,10 @@ def simple(fn: Callable[[Dict[str, Any]], Any]) -> Handler:
     return handler
 
 
-async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
+async def serve(config: Dict[str, Any], in_fd: int, out_fd: int, saved: Optional[Dict[str, Any]] = None) -> None:
     loop = asyncio.get_running_loop()
+    executor = Executor()
+    loop.set_default_executor(executor)
     os.makedirs(config["state_dir"], exist_ok=True)
     cgroup = config.get("cgroup")
     if cgroup is not None:
@@ -96,7 +115,7 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
     # its /proc/self files: they belong to root from now on.
     prctl(_PR_SET_DUMPABLE, 0)
     children.install(loop)
-    sessions = Sessions(children, config)
+    sessions = Sessions(children, config, create_default=saved is None)
     streams = Streams()
     processes = Processes(children, sessions, config)
     sessions.on_delete.append(processes.kill_session)
@@ -129,6 +148,10 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
     async def expire_contexts(idle_seconds: float) -> None:
         if loaded_contexts:
             await loaded_contexts[0].expire_idle(idle_seconds)
+
+    parts = Parts(config, [in_fd, out_fd], children, sessions, processes, streams, loaded_contexts, loaded_files)
+    if saved is not None:
+        restore(saved, parts, contexts, files)
 
     handlers: Dict[str, Handler] = {
         Method.HELLO: simple(lambda p: Hello(protocol=PROTOCOL_VERSION, pid=os.getpid(), python=sys.version.split()[0])),
@@ -169,17 +192,22 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
         Method.LISTEN: streams.listen,
     }
     connection = Connection(in_fd, out_fd, handlers, line_limit(config["max_output"]), streams.notifications())
+    if saved is not None:
+        await restore_listeners(saved, streams, connection)
     stopping = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, _set_once, stopping)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, ENDING)  # blocked by a rest, so as not to be lost (rest.py)
     serving = loop.create_task(connection.serve())
     janitor = loop.create_task(
         expire_idle(config.get("session_idle_timeout", DEFAULT_SESSION_IDLE_TIMEOUT), [sessions.expire_idle, expire_contexts, lambda _: sessions.rest()])
     )
+    always = (serving, janitor, asyncio.current_task())
+    resting = loop.create_task(rest_when_idle(config.get("rest_after", REST_AFTER), parts, connection, executor, always))
     await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
     # The host is gone or asked us to stop: nothing started in the sandbox may outlive us, and
-    # nothing the agent started is left pending. First no new requests or expiries.
-    for task in (serving, janitor):
+    # nothing the agent started is left pending. First no new requests, expiries or rest.
+    for task in (serving, janitor, resting):
         await cancel_and_wait(task)
     # The running requests are cancelled; one step lets each kill what it started its own way.
     connection.cancel_all()

@@ -135,20 +135,30 @@ class Connection:
         self._notifications = notifications or {}
         self._max_line = max_line
         self._tasks: Dict[int, "asyncio.Task[None]"] = {}
+        self._reader: Optional[FdReader] = None
         self._writer: Optional[FdWriter] = None
         self._out_buffer: List[bytes] = []
+        # For rest.py: when the last frame came in or the last request ended (the loop's clock),
+        # and whether serve waits for a frame of which nothing has been read yet.
+        self.last_active = 0.0
+        self._between_frames = False
 
     async def serve(self) -> None:
         """Serve until the host closes its end of the channel."""
         loop = asyncio.get_running_loop()
-        reader = FdReader(self._in_fd)
+        reader = self._reader = FdReader(self._in_fd)
         self._writer = FdWriter(self._out_fd)
         for early in self._out_buffer:
             self._writer.write(early)
         self._out_buffer.clear()
+        self.last_active = loop.time()
         while True:
             try:
-                kind, stream, length = HEADER.unpack(await reader.readexactly(HEADER.size))
+                self._between_frames = True
+                head = await reader.readexactly(HEADER.size)
+                self._between_frames = False
+                self.last_active = loop.time()
+                kind, stream, length = HEADER.unpack(head)
                 payload = await reader.readexactly(length)
             except EOFError:
                 return
@@ -204,6 +214,19 @@ class Connection:
             self.send({"id": request.id, "error": {"code": "INTERNAL", "message": "%s: %s" % (type(exc).__name__, exc)}})
         finally:
             self._tasks.pop(request.id, None)
+            self.last_active = asyncio.get_running_loop().time()
+
+    def quiet(self) -> bool:
+        """Nothing under way on the channel: no request running, nothing of a frame read, nothing
+        waiting to be written. The agent may then hand the channel's fds over (rest.py)."""
+        return (
+            not self._tasks
+            and self._between_frames
+            and self._reader is not None
+            and self._reader.empty()
+            and self._writer is not None
+            and not self._writer.pending
+        )
 
     def send(self, message: Dict[str, Any]) -> None:
         pieces = encode(message)

@@ -115,7 +115,7 @@ class Session(ShellState):
 class Sessions:
     """All sessions of the sandbox and the ``exec`` that runs in them."""
 
-    def __init__(self, children: Children, config: Dict[str, Any]) -> None:
+    def __init__(self, children: Children, config: Dict[str, Any], *, create_default: bool = True) -> None:
         self._children = children
         self._workspace: str = config["workspace"]
         self._base_env: Dict[str, str] = config["env"]
@@ -135,7 +135,8 @@ class Sessions:
         # Writes of long commands and stdin, and progress: awaited by aclose.
         self._tasks = TaskSet()
         self._closed = False
-        self.create({"session_id": "default"})
+        if create_default:  # else the sessions come back from before a rest (saved_state.py)
+            self.create({"session_id": "default"})
 
     def resolve_dir(self, path: Optional[str], base: Optional[str] = None) -> str:
         """An existing directory, relative paths taken from ``base`` (default: the workspace)."""
@@ -396,11 +397,16 @@ class Sessions:
     async def rest(self, idle_seconds: float = STANDBY_IDLE) -> None:
         """Drop the standby bash of sessions that ran nothing for ``idle_seconds``: an idle sandbox
         then holds no bash at all. Their state stays in its file, and their next command starts
-        a bash that restores it (a few milliseconds more for that one command)."""
+        a bash that restores it (a few milliseconds more for that one command). Returns once the
+        dropped ones are reaped (a second at most)."""
         cutoff = time.time() - idle_seconds
+        dropped: List["asyncio.Future[int]"] = []
         for session in self.sessions.values():
             if session.standby is not None and not session.lock.locked() and session.last_used_at < cutoff:
+                dropped.append(session.standby.exited)
                 self._drop_standby(session)
+        if dropped:
+            await asyncio.wait(dropped, timeout=1.0)
 
     async def expire_idle(self, idle_seconds: float) -> None:
         """Delete sessions other than ``default`` that ran nothing for ``idle_seconds``."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from .api import MAX_STREAMS, STREAM_CHUNK, STREAM_WINDOW, Stream
 from .protocol import AgentError, Connection, Request
@@ -126,7 +126,8 @@ class Streams:
 
     def __init__(self) -> None:
         self.streams: Dict[int, _Stream] = {}
-        self._servers: List[asyncio.AbstractServer] = []
+        # Each listener's server and kind; a rest hands their sockets on (saved_state.py).
+        self.listeners: List[Tuple[asyncio.Server, str]] = []
         self._next_id = 0  # even: the agent's own
 
     def notifications(self) -> Dict[str, Callable[[Dict[str, Any]], None]]:
@@ -172,16 +173,19 @@ class Streams:
         if not isinstance(kind, str) or not kind:
             raise AgentError("INVALID_ARGUMENT", "kind must be a non-empty string")
         try:
-            server = await asyncio.start_server(
-                lambda reader, writer: self._accepted(request.conn, kind, reader, writer), "127.0.0.1", port
-            )
+            server = await self.serve(request.conn, kind, host="127.0.0.1", port=port)
         except OSError as exc:
             raise AgentError(
                 "INVALID_ARGUMENT", "cannot listen on 127.0.0.1:%d in the sandbox: %s; choose another port"
                 % (port, exc.strerror or exc),
             )
-        self._servers.append(server)
         return {"port": server.sockets[0].getsockname()[1]}
+
+    async def serve(self, conn: Connection, kind: str, **where: Any) -> asyncio.Server:
+        """Accept connections (on ``host`` and ``port``, or an open ``sock``) as streams of ``kind``."""
+        server = await asyncio.start_server(lambda reader, writer: self._accepted(conn, kind, reader, writer), **where)
+        self.listeners.append((server, kind))
+        return server
 
     def _accepted(self, conn: Connection, kind: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self.streams) >= MAX_STREAMS:
@@ -197,7 +201,7 @@ class Streams:
         stream.start()
 
     async def aclose(self) -> None:
-        for server in self._servers:
+        for server, _ in self.listeners:
             server.close()
         tasks = [task for stream in self.streams.values() for task in stream.tasks]
         for stream in list(self.streams.values()):

@@ -78,6 +78,21 @@ class Terminal:
         self._grew: "asyncio.Future[None]" = self._loop.create_future()
         self._typing = asyncio.Lock()
 
+    @classmethod
+    def ended(cls, cols: int, rows: int, size: int, sizes: List[Tuple[int, int, int]]) -> "Terminal":
+        """The closed terminal of a process that ended before the agent rested (saved_state.py):
+        all it still answers comes from its log and these figures."""
+        self = cls.__new__(cls)
+        self.cols, self.rows, self.size, self.sizes = cols, rows, size, sizes
+        self.application_cursor = False
+        self._recent = b""
+        self._loop = asyncio.get_running_loop()
+        self.closed = self._loop.create_future()
+        self.closed.set_result(None)
+        self._grew = self._loop.create_future()
+        self._typing = asyncio.Lock()
+        return self
+
     def started(self) -> None:
         """The process has its copy of the slave: ours goes, so the hangup comes when it is done."""
         os.close(self.slave)

@@ -53,6 +53,8 @@ class AgentConfig:
             "command_timeout": self.command_timeout,
             "session_idle_timeout": self.session_idle_timeout,
             "limits": self.limits,
+            # A constant, read at each start so that tests can shorten it (agent/rest.py).
+            "rest_after": api.REST_AFTER,
         }
         return {**config, **extra}
 
