@@ -165,10 +165,10 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int) -> None:
         Method.RUN_CODE: lambda request: contexts().run(request),
         Method.LIST_CODE_CONTEXTS: simple(lambda p: contexts().list()),
         Method.DELETE_CODE_CONTEXT: simple(lambda p: contexts().delete(p["context_id"])),
-        Method.OPEN_STREAM: streams.open,
         Method.LISTEN: streams.listen,
     }
     connection = Connection(in_fd, out_fd, handlers, line_limit(config["max_output"]), streams.notifications())
+    streams.conn = connection
     stopping = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, _set_once, stopping)
