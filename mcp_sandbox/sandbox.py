@@ -316,7 +316,7 @@ class Sandbox(SandboxFiles):
         stream = self.channel.streams.new()
         self.last_used_at = time.time()  # a connection counts as use (idle expiry)
         try:
-            await self.channel.post({"method": Stream.CONNECT, "params": {"stream": stream.id, "port": port}})
+            await self.channel.post({"method": Stream.CONNECT, "params": {"stream": stream.id, "port": port, "confirm": wait}})
             if wait:
                 with anyio.fail_after(QUICK):
                     await stream.opened()

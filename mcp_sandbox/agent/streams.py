@@ -44,9 +44,9 @@ class _Stream:
         self.reader, self.writer = reader, writer
         self.tasks = [loop.create_task(self._to_host()), loop.create_task(self._from_host())]
 
-    async def connect(self, port: int) -> None:
+    async def connect(self, port: int, confirm: bool) -> None:
         """Connect for the host, then pump: this task goes on as the pump to the host (one task
-        fewer to start per connection)."""
+        fewer to start per connection). ``confirm``: the host waits to hear it connected."""
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
         except OSError as exc:
@@ -57,7 +57,8 @@ class _Stream:
             )}})
             return
         self.reader, self.writer = reader, writer
-        self.conn.send({"method": Stream.CONNECTED, "params": {"stream": self.id}})
+        if confirm:
+            self.conn.send({"method": Stream.CONNECTED, "params": {"stream": self.id}})
         self.tasks.append(asyncio.get_running_loop().create_task(self._from_host()))
         await self._to_host()
 
@@ -84,6 +85,7 @@ class _Stream:
     async def _from_host(self) -> None:
         writer = self.writer
         assert writer is not None
+        taken = 0  # written, and not credited yet: credits go in quarter windows, as the host's do
         try:
             while True:
                 while not self.inbox:
@@ -97,7 +99,10 @@ class _Stream:
                 self.inbox_bytes -= len(data)
                 writer.write(data)
                 await writer.drain()
-                self.conn.send({"method": Stream.CREDIT, "params": {"stream": self.id, "bytes": len(data)}})
+                taken += len(data)
+                if taken >= STREAM_WINDOW // 4:
+                    self.conn.send({"method": Stream.CREDIT, "params": {"stream": self.id, "bytes": taken}})
+                    taken = 0
         except OSError:
             self.abort(tell_host=True)
             return
@@ -186,7 +191,7 @@ class Streams:
             return
         stream = _Stream(self, conn, stream_id)
         self.streams[stream_id] = stream
-        stream.tasks = [asyncio.get_running_loop().create_task(stream.connect(port))]
+        stream.tasks = [asyncio.get_running_loop().create_task(stream.connect(port, params.get("confirm") is True))]
 
     async def listen(self, request: Request) -> Dict[str, Any]:
         port = _port(request.params, 0)
