@@ -75,8 +75,9 @@ async def join(client: ByteStream, sandbox: ByteStream, *directions: Callable[[]
                     logger.debug("exposed port connection ended: %r", exc)
                     tg.cancel_scope.cancel()
 
-            for direction in directions:
+            for direction in directions[1:]:
                 tg.start_soon(run, direction)
+            await run(directions[0])  # in this task: one task fewer to start per connection
     finally:
         await close_both(client, sandbox)
 
