@@ -7,12 +7,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
 from anyio.abc import ByteStream
 
-from .pipes import read_into, receive_copy, write_all
+from .pipes import read_into, receive_copy, write_all, write_now
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +125,11 @@ class ContainerStream(ByteStream):
     async def send(self, item: bytes) -> None:
         await self._raw.send(item)
 
+    def send_now(self, pieces: Sequence[bytes | bytearray | memoryview]) -> int:
+        """Write what the socket takes now of ``pieces`` (channel.py); 0 if it cannot say."""
+        send_now = getattr(self._raw, "send_now", None)
+        return 0 if send_now is None else int(send_now(pieces))
+
     async def send_eof(self) -> None:
         await self._raw.send_eof()
 
@@ -191,6 +197,11 @@ class PolledSocketStream(ByteStream):
         if self._closed:
             raise anyio.ClosedResourceError
         await write_all(self._sock.fileno(), item)
+
+    def send_now(self, pieces: Sequence[bytes | bytearray | memoryview]) -> int:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        return write_now(self._sock.fileno(), pieces)
 
     async def send_eof(self) -> None:
         self._sock.shutdown(socket.SHUT_WR)
