@@ -26,6 +26,7 @@ from .streams import Streams, Violation
 logger = logging.getLogger(__name__)
 
 Notify = Callable[[str, dict[str, Any]], Awaitable[None]]
+Bytes = bytes | bytearray | memoryview
 
 ERROR_CODES = frozenset(get_args(ErrorCode))
 # Notifications held for a caller that has not taken them yet (progress: a few a second).
@@ -58,9 +59,12 @@ class AgentChannel:
     def __init__(self, receive: ByteReceiveStream, send: ByteSendStream, name: str, max_message: int) -> None:
         self._receive = receive
         self._send = send
+        # Streams that can write without waiting (backends/pipes.py): a frame the channel takes at
+        # once (most) is written without a timer for FRAME_TIMEOUT or a turn of the event loop.
+        self._send_now: Callable[[list[Bytes]], int] | None = getattr(send, "send_now", None)
         self._name = name
         self._max_message = max_message
-        self._send_lock = anyio.Lock()
+        self._send_lock = anyio.Lock(fast_acquire=True)
         self._pending: dict[int, _Call] = {}
         self._next_id = 0
         self._closed_reason: str | None = None
@@ -249,20 +253,22 @@ class AgentChannel:
         """Bytes of a stream (at most STREAM_CHUNK): one frame, one write."""
         if self._closed_reason is not None:
             raise SandboxError("BACKEND_UNAVAILABLE", f"{self._closed_reason}; create a new sandbox")
-        await self._write_frame([HEADER.pack(DATA, stream, len(data)) + data])
+        await self._write_frame([HEADER.pack(DATA, stream, len(data)), data])
 
     async def _write(self, message: dict[str, Any]) -> None:
         await self._write_frame(encode(message, "surrogatepass"))
 
-    async def _write_frame(self, pieces: list[bytes | bytearray | memoryview]) -> None:
+    async def _write_frame(self, pieces: list[Bytes]) -> None:
         """Write one frame whole. A frame cut in the middle would garble every later one, so once
         it has the channel it is finished even if its caller gives up meanwhile; an agent that
         takes nothing for FRAME_TIMEOUT no longer reads, and its sandbox is ended."""
         try:
             async with self._send_lock:
-                with anyio.CancelScope(shield=True), anyio.fail_after(FRAME_TIMEOUT):
-                    for piece in pieces:
-                        await self._send.send(piece)  # type: ignore[arg-type]  # any bytes-like goes
+                rest = self._write_now(pieces)
+                if rest:
+                    with anyio.CancelScope(shield=True), anyio.fail_after(FRAME_TIMEOUT):
+                        for piece in rest:
+                            await self._send.send(piece)  # type: ignore[arg-type]  # any bytes-like goes
         except TimeoutError:
             logger.warning("%s: the agent takes no requests any more; stopping the sandbox", self._name)
             self.close("the sandbox's agent stopped taking requests, so the sandbox was stopped")
@@ -270,3 +276,18 @@ class AgentChannel:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             self.close("the sandbox's agent is gone")
             raise SandboxError("BACKEND_UNAVAILABLE", "the sandbox's agent is gone; create a new sandbox") from exc
+
+    def _write_now(self, pieces: list[Bytes]) -> list[Bytes]:
+        """Write what the channel takes at once of a frame (in one system call); what is left."""
+        if self._send_now is None:
+            return pieces
+        n = self._send_now(pieces)
+        rest: list[Bytes] = []
+        for piece in pieces:
+            view = memoryview(piece).cast("B")
+            if n >= len(view):
+                n -= len(view)
+            else:
+                rest.append(view[n:])
+                n = 0
+        return rest

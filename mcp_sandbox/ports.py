@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
+from typing import Protocol
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
@@ -39,8 +40,15 @@ MAX_CONNECTIONS = 128
 ACCEPT_RETRY = 0.1  # seconds before accepting again after accept failed (e.g. out of file descriptors)
 CLOSE_TIMEOUT = 5.0  # seconds to close a connection's two ends
 
-# Opens a stream to a port inside the sandbox: sandbox.open_stream.
-Connector = Callable[[int], Awaitable[ByteStream]]
+
+
+class Connector(Protocol):
+    """Opens a stream to a port inside the sandbox: sandbox.open_stream. ``wait=False``: it may
+    return before the connection is made, and break on first use if none can be."""
+
+    def __call__(self, port: int, *, wait: bool = ...) -> Awaitable[ByteStream]: ...
+
+
 # Both ends of a connection failing this way is the peer going away, not a fault of the server.
 GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError, SandboxError, GateError)
 
@@ -67,8 +75,9 @@ async def join(client: ByteStream, sandbox: ByteStream, *directions: Callable[[]
                     logger.debug("exposed port connection ended: %r", exc)
                     tg.cancel_scope.cancel()
 
-            for direction in directions:
+            for direction in directions[1:]:
                 tg.start_soon(run, direction)
+            await run(directions[0])  # in this task: one task fewer to start per connection
     finally:
         await close_both(client, sandbox)
 
@@ -165,17 +174,21 @@ class Door:
         finally:
             self._slots.release()
 
-    async def _open(self) -> ByteStream:
+    async def _open(self, wait: bool) -> ByteStream:
         try:
-            return await self._connect(self.port)
+            return await self._connect(self.port, wait=wait)
         except OSError as exc:  # a connector to a real socket (the tests'); open_stream says it itself
             raise SandboxError(
                 "INVALID_ARGUMENT", f"nothing accepts connections on port {self.port} in the sandbox ({exc})"
             ) from None
 
     async def _carry(self, client: ByteStream) -> None:
+        """Carry a connection as it comes: what the client sends first travels right behind the
+        request to connect (no round trip to the agent first). If nothing accepts connections in
+        the sandbox, the stream breaks and the client's connection is closed, as a refused
+        connection would be."""
         try:
-            sandbox = await self._open()
+            sandbox = await self._open(wait=False)
         except SandboxError as exc:
             logger.info("%s", exc.message)
             await close_both(client)
@@ -203,8 +216,8 @@ class Door:
         except (TimeoutError, *GONE):
             refusal = b""
         if refusal is None:
-            try:
-                sandbox = await self._open()
+            try:  # connected first, so that nothing listening gets a 502 that says so
+                sandbox = await self._open(wait=True)
             except SandboxError as exc:
                 refusal = port_gate.answer("502 Bad Gateway", exc.message)
         if refusal is not None:

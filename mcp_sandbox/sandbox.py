@@ -10,11 +10,11 @@ from typing import Any
 import anyio
 from anyio.abc import ByteStream
 
-from .agent.api import OUTPUT, Method
+from .agent.api import OUTPUT, Method, Stream
 from .agent.names import params_problem
 from .backends.base import AgentHandle
 from .channel import AgentChannel, Notify
-from .deadlines import Turns, deadline, turn
+from .deadlines import QUICK, Turns, deadline, turn
 from .errors import SandboxError
 from .models import (
     CodeContextCreated,
@@ -307,15 +307,27 @@ class Sandbox(SandboxFiles):
 
     # -- streams (streams.py) -------------------------------------------------------------------------
 
-    async def open_stream(self, port: int) -> ByteStream:
+    async def open_stream(self, port: int, *, wait: bool = True) -> ByteStream:
         """A byte stream to 127.0.0.1:``port`` inside the sandbox; INVALID_ARGUMENT if nothing
-        accepts connections there."""
+        accepts connections there. With ``wait=False`` it returns before the agent has connected,
+        so that the first bytes sent travel right behind the request to connect (they wait in the
+        agent, within the stream's window); if nothing accepts connections there, the stream breaks
+        (BrokenResourceError) with that reason instead."""
         stream = self.channel.streams.new()
+        self.last_used_at = time.time()  # a connection counts as use (idle expiry)
         try:
-            await self.call(Method.OPEN_STREAM, {"port": port, "stream": stream.id})
-        except BaseException:
+            await self.channel.post({"method": Stream.CONNECT, "params": {"stream": stream.id, "port": port, "confirm": wait}})
+            if wait:
+                with anyio.fail_after(QUICK):
+                    await stream.opened()
+        except BaseException as exc:
             with anyio.CancelScope(shield=True):
-                await stream.aclose()  # the agent may have connected it before the call gave up
+                await stream.aclose()  # the agent may have connected it meanwhile
+            if isinstance(exc, TimeoutError):
+                raise SandboxError(
+                    "BACKEND_UNAVAILABLE", f"the sandbox did not connect to its port {port} within {QUICK:g} s; "
+                    "check that its server accepts connections"
+                ) from None
             raise
         return stream
 

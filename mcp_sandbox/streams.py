@@ -58,6 +58,8 @@ class ChannelStream(ByteStream):
         self._eof_sent = False
         self._closed = False  # by us
         self._broken: str | None = None  # by the agent, or the channel went away
+        self._refused = False  # the agent could not connect it (then _broken says why)
+        self._connected = stream_id % 2 == 0  # the agent's own streams are connected when opened
         self._wake = anyio.Event()
 
     def _changed(self) -> None:
@@ -85,12 +87,31 @@ class ChannelStream(ByteStream):
         self._eof_received = True
         self._changed()
 
-    def broken(self, reason: str) -> None:
-        """A reset: what was not read yet is dropped, as a TCP reset does."""
+    def connected(self) -> None:
+        if self._connected:
+            raise Violation(f"stream {self.id} connected twice, or one the agent opened")
+        self._connected = True
+        self._changed()
+
+    def broken(self, reason: str, refused: bool = False) -> None:
+        """A reset: what was not read yet is dropped, as a TCP reset does. ``refused``: the agent
+        could not connect it."""
         if self._broken is None:
             self._broken = reason
+            self._refused = refused
         self._inbox.clear()
         self._changed()
+
+    async def opened(self) -> None:
+        """Wait until the agent has connected this stream it was asked to (Streams.new). Raises
+        SandboxError: INVALID_ARGUMENT with the agent's reason if nothing accepts connections
+        there, BACKEND_UNAVAILABLE if the channel went away."""
+        while not self._connected:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if self._broken is not None:
+                raise SandboxError("INVALID_ARGUMENT" if self._refused else "BACKEND_UNAVAILABLE", self._broken)
+            await self._wake.wait()
 
     # -- ByteStream --------------------------------------------------------------------------------
 
@@ -192,7 +213,7 @@ class Streams:
         return kind in self._handlers
 
     def new(self) -> ChannelStream:
-        """A stream the host opens; the agent is asked to connect it."""
+        """A stream the host opens; the caller asks the agent to connect it (Stream.CONNECT)."""
         if self._closed is not None:
             raise SandboxError("BACKEND_UNAVAILABLE", f"{self._closed}; create a new sandbox")
         self._last_ours += 2
@@ -226,9 +247,14 @@ class Streams:
             stream.credit(n)
         elif method == Stream.EOF:
             stream.eof()
+        elif method == Stream.CONNECTED:
+            stream.connected()
         elif method == Stream.CLOSE:
+            error = params.get("error")
+            if error is not None and (type(error) is not str or stream.id % 2 == 0):
+                raise Violation("a malformed stream close")
             self._streams.pop(stream.id, None)
-            stream.broken("the connection in the sandbox was reset")
+            stream.broken(error or "the connection in the sandbox was reset", refused=error is not None)
         else:
             raise Violation(f"an unknown stream message {method!r}")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import itertools
 import json
 import os
 import signal
@@ -450,6 +451,35 @@ async def test_attach_stream_demultiplexes_stdout_and_keeps_stderr(caplog: pytes
     assert "sbx_test: warning" in caplog.text
     await stream.send(b"to stdin")
     assert engine.recv(100) == b"to stdin"
+    await stream.aclose()
+    engine.close()
+
+
+async def test_attach_stream_read_into_buffers_takes_the_framing_out_in_place() -> None:
+    """receive_into (the channel's way) reads what the socket has at once and takes the engine's
+    headers and stderr out of the caller's buffer: the same stdout whatever the reads' sizes."""
+    ours, engine = socket.socketpair()
+    stream = docker_stream.ContainerStream(docker_stream.PolledSocketStream(ours), "sbx_test")
+    payload = os.urandom(300_000)
+    wire = bytearray()
+    for i in range(0, len(payload), 32768):  # as the engine cuts it, with stderr between
+        wire += bytes([1, 0, 0, 0]) + len(payload[i : i + 32768]).to_bytes(4, "big") + payload[i : i + 32768]
+        wire += bytes([2, 0, 0, 0, 0, 0, 0, 3]) + b"e\n!"
+    received = bytearray()
+
+    async def feed() -> None:
+        for i in range(0, len(wire), 70001):  # cuts in headers and payloads alike
+            await anyio.to_thread.run_sync(engine.sendall, wire[i : i + 70001])
+        engine.shutdown(socket.SHUT_WR)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(feed)
+        with pytest.raises(anyio.EndOfStream):
+            for size in itertools.cycle((5, 1 << 20, 40000)):
+                buffer = memoryview(bytearray(size))
+                received += buffer[: await stream.receive_into(buffer)]
+    assert received == payload
+    assert bytes(stream.stderr_tail).startswith(b"e\n!e\n!")
     await stream.aclose()
     engine.close()
 

@@ -299,6 +299,7 @@ GARBAGE = {
     "bytes beside a message that is no answer": frame(b'\x00\x00\x00\x02{}data', protocol.BLOB),
     "a frame of an unknown kind": b"[1]\n" + b'{"id":[1]}\n',
     "data for a stream never opened": frame(b"AAAA", protocol.DATA, 1),
+    "a stream connected that was never opened": frame(b'{"method":"stream_connected","params":{"stream":1}}'),
     "a stream of a kind nobody listens for": frame(b'{"method":"stream_open","params":{"stream":2,"kind":"x"}}'),
     "a stream credit that is no number": frame(b'{"method":"stream_credit","params":{"stream":1,"bytes":"all"}}'),
     "stream data as a message": frame(b'{"method":"stream_data","params":{"stream":1,"data":"AAAA"}}'),

@@ -29,8 +29,9 @@ pytestmark = pytest.mark.anyio
 AUTH = Settings(transport="http", host="127.0.0.1", auth_token="t" * 32)
 
 
-async def loopback(port: int) -> ByteStream:
-    """The connector: what sandbox.open_stream does, with the host's loopback as the sandbox."""
+async def loopback(port: int, *, wait: bool = True) -> ByteStream:
+    """The connector: what sandbox.open_stream does, with the host's loopback as the sandbox
+    (connected at once, whatever ``wait`` says)."""
     return await anyio.connect_tcp("127.0.0.1", port)
 
 

@@ -122,6 +122,13 @@ async def test_a_server_in_the_sandbox_is_reached_from_the_host(mcp: Tools) -> N
     url = early.structured_content["url"]  # type: ignore[index]
     door = host_port(url)
     assert early.structured_content["host_port"] == door  # type: ignore[index]
+    # A request while nothing listens: the door sends it on before the sandbox connected; the
+    # refusal then closes the client's connection at once, and the sandbox goes on.
+    with anyio.fail_after(10):
+        async with await anyio.connect_tcp("127.0.0.1", door) as client:
+            await client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                await client.receive()
     await mcp("write_file", path="ws_echo.py", content=WS_ECHO)
     made = await mcp.sh("mkdir -p site && head -c 5000000 /dev/urandom > site/big.bin && echo small > site/small.txt "
                         "&& sha256sum site/big.bin")

@@ -4,6 +4,7 @@ host handlers through listen."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -102,6 +103,27 @@ async def test_echo_of_5_mb_both_ways(manager_factory: Any) -> None:
         with pytest.raises(SandboxError) as refused:  # nothing listens there
             await sandbox.open_stream(1)
         assert refused.value.code == "INVALID_ARGUMENT" and "port 1" in refused.value.message
+        assert (await sandbox.exec("echo fine")).stdout == "fine\n"
+
+
+async def test_bytes_sent_before_the_sandbox_connected_arrive_whole(manager_factory: Any) -> None:
+    """open_stream(wait=False), as the doors open theirs: what is sent at once goes right behind
+    the request to connect and waits in the agent until the connection is made, within the window
+    (3 MB is three windows: the rest waits here for credit). Nothing listening breaks the stream
+    with the reason, and nothing else."""
+    async with sandbox_of(manager_factory) as (_, sandbox):
+        port = await server(sandbox, "echo")
+        data = os.urandom(3 * MB)
+        with anyio.fail_after(60):
+            back = await echo_through(await sandbox.open_stream(port, wait=False), data)
+        assert back == data
+        refused = await sandbox.open_stream(1, wait=False)
+        with contextlib.suppress(anyio.BrokenResourceError):  # if the refusal came first
+            await refused.send(b"GET / HTTP/1.1\r\n\r\n")
+        with anyio.fail_after(10), pytest.raises(anyio.BrokenResourceError) as broken:
+            await refused.receive()
+        assert "nothing accepts connections on port 1" in str(broken.value)
+        await refused.aclose()
         assert (await sandbox.exec("echo fine")).stdout == "fine\n"
 
 

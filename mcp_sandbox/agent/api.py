@@ -50,7 +50,6 @@ class Method:
     RUN_CODE = "run_code"
     LIST_CODE_CONTEXTS = "list_code_contexts"
     DELETE_CODE_CONTEXT = "delete_code_context"
-    OPEN_STREAM = "open_stream"  # connect to 127.0.0.1:port in the sandbox, as stream ``stream``
     LISTEN = "listen"  # accept on 127.0.0.1:port in the sandbox; each connection a stream of ``kind``
 
 
@@ -72,6 +71,12 @@ class Stream:
     CREDIT = "stream_credit"  # {"stream": n, "bytes": k}: the receiver took k bytes; send k more
     EOF = "stream_eof"  # {"stream": n}: nothing more comes this way
     CLOSE = "stream_close"  # {"stream": n}: both ways, at once (a reset)
+    # Host to agent: {"stream": n, "port": p, "confirm": bool}, connect stream n to 127.0.0.1:p.
+    # The host may send the stream's data right behind it (within its window): the agent keeps it
+    # until connected. If it cannot connect, it sends a CLOSE with "error": why not.
+    CONNECT = "stream_connect"
+    # Agent to host: {"stream": n}, stream n is connected (only if the CONNECT asked to confirm).
+    CONNECTED = "stream_connected"
     OPEN = "stream_open"  # agent to host: {"stream": n, "kind": k}, a connection a listener took
 
 

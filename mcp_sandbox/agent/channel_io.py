@@ -97,24 +97,30 @@ class FdWriter:
         """Bytes written and not yet taken by the fd."""
         return self._queued
 
-    def write(self, data: Bytes) -> None:
+    def write(self, *pieces: Bytes) -> None:
+        """Write the pieces, in one system call while nothing is queued: a frame's header and
+        its payload leave together (through Docker's engine, two writes may travel as two
+        relays, and wake the host twice)."""
         if self.closed:
             return
-        view = memoryview(data).cast("B")
+        views = [memoryview(piece).cast("B") for piece in pieces]
         if not self._queue:
             try:
-                n = os.write(self._fd, view)
+                n = os.writev(self._fd, views) if len(views) > 1 else os.write(self._fd, views[0])
             except BlockingIOError:
                 n = 0
             except OSError:
                 self._close()
                 return
-            if n == len(view):
+            while views and n >= len(views[0]):
+                n -= len(views.pop(0))
+            if not views:
                 return
-            view = view[n:]
+            views[0] = views[0][n:]
             self._loop.add_writer(self._fd, self._flush)
-        self._queue.append(view)
-        self._queued += len(view)
+        for view in views:
+            self._queue.append(view)
+            self._queued += len(view)
 
     def _flush(self) -> None:
         try:

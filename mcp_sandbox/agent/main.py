@@ -188,10 +188,10 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int, saved: Optional
         Method.RUN_CODE: lambda request: contexts().run(request),
         Method.LIST_CODE_CONTEXTS: simple(lambda p: contexts().list()),
         Method.DELETE_CODE_CONTEXT: simple(lambda p: contexts().delete(p["context_id"])),
-        Method.OPEN_STREAM: streams.open,
         Method.LISTEN: streams.listen,
     }
     connection = Connection(in_fd, out_fd, handlers, line_limit(config["max_output"]), streams.notifications())
+    streams.conn = connection
     if saved is not None:
         await restore_listeners(saved, streams, connection)
     stopping = loop.create_future()

@@ -245,8 +245,7 @@ class Connection:
         if self._writer is None:
             self._out_buffer.extend(bytes(piece) for piece in pieces)
         else:
-            for piece in pieces:
-                self._writer.write(piece)
+            self._writer.write(*pieces)
 
     async def drain(self) -> None:
         """Wait until the host has taken what was written (for big streamed transfers)."""

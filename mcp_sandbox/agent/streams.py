@@ -1,6 +1,6 @@
 """Byte streams between the host and TCP connections on the sandbox's loopback.
 
-``open_stream`` connects to 127.0.0.1:port for the host; ``listen`` accepts on 127.0.0.1:port and
+``connect`` connects to 127.0.0.1:port for the host; ``listen`` accepts on 127.0.0.1:port and
 hands each connection to the host as a new stream. Each stream is two pumps: socket to host, sending
 only as much as the host has credited (api.STREAM_WINDOW at most in flight), and host to socket,
 crediting the host with what the socket took. So neither end buffers more than a window per stream
@@ -25,15 +25,12 @@ def _port(params: Dict[str, Any], lowest: int) -> int:
 
 
 class _Stream:
-    def __init__(
-        self, owner: "Streams", conn: Connection, stream_id: int, reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> None:
+    def __init__(self, owner: "Streams", conn: Connection, stream_id: int) -> None:
         self.owner = owner
         self.conn = conn
         self.id = stream_id
-        self.reader = reader
-        self.writer = writer
+        self.reader: Optional[asyncio.StreamReader] = None  # both set once connected
+        self.writer: Optional[asyncio.StreamWriter] = None
         self.credit = STREAM_WINDOW  # what we may still send the host
         self.credited = asyncio.Event()
         self.inbox: Deque[Optional[bytes]] = deque()  # from the host; None: its EOF
@@ -42,18 +39,38 @@ class _Stream:
         self.done = 0  # directions finished (EOF both ways: the connection closes)
         self.tasks: List["asyncio.Task[None]"] = []
 
-    def start(self) -> None:
+    def start(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
+        self.reader, self.writer = reader, writer
         self.tasks = [loop.create_task(self._to_host()), loop.create_task(self._from_host())]
 
+    async def connect(self, port: int, confirm: bool) -> None:
+        """Connect for the host, then pump: this task goes on as the pump to the host (one task
+        fewer to start per connection). ``confirm``: the host waits to hear it connected."""
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError as exc:
+            self.owner.streams.pop(self.id, None)
+            self.conn.send({"method": Stream.CLOSE, "params": {"stream": self.id, "error": (
+                "nothing accepts connections on port %d in the sandbox (%s); start the server first, "
+                "listening on 127.0.0.1 or 0.0.0.0 port %d" % (port, exc.strerror or exc, port)
+            )}})
+            return
+        self.reader, self.writer = reader, writer
+        if confirm:
+            self.conn.send({"method": Stream.CONNECTED, "params": {"stream": self.id}})
+        self.tasks.append(asyncio.get_running_loop().create_task(self._from_host()))
+        await self._to_host()
+
     async def _to_host(self) -> None:
-        conn = self.conn
+        conn, reader = self.conn, self.reader
+        assert reader is not None
         try:
             while True:
                 while self.credit <= 0:
                     self.credited.clear()
                     await self.credited.wait()
-                data = await self.reader.read(min(self.credit, STREAM_CHUNK))
+                data = await reader.read(min(self.credit, STREAM_CHUNK))
                 if not data:
                     break
                 self.credit -= len(data)
@@ -66,6 +83,9 @@ class _Stream:
         self._finished()
 
     async def _from_host(self) -> None:
+        writer = self.writer
+        assert writer is not None
+        taken = 0  # written, and not credited yet: credits go in quarter windows, as the host's do
         try:
             while True:
                 while not self.inbox:
@@ -73,13 +93,16 @@ class _Stream:
                     await self.arrived.wait()
                 data = self.inbox.popleft()
                 if data is None:
-                    if self.writer.can_write_eof():
-                        self.writer.write_eof()
+                    if writer.can_write_eof():
+                        writer.write_eof()
                     break
                 self.inbox_bytes -= len(data)
-                self.writer.write(data)
-                await self.writer.drain()
-                self.conn.send({"method": Stream.CREDIT, "params": {"stream": self.id, "bytes": len(data)}})
+                writer.write(data)
+                await writer.drain()
+                taken += len(data)
+                if taken >= STREAM_WINDOW // 4:
+                    self.conn.send({"method": Stream.CREDIT, "params": {"stream": self.id, "bytes": taken}})
+                    taken = 0
         except OSError:
             self.abort(tell_host=True)
             return
@@ -109,14 +132,16 @@ class _Stream:
                 task.cancel()
         # As a TCP socket's close: what the host sent before is still delivered (the transport
         # writes out its buffer, at most a window, before it closes), then the connection ends.
-        try:
-            for data in self.inbox:
-                if data is not None:
-                    self.writer.write(data)
-        except (OSError, RuntimeError):
-            pass  # the connection is gone already
+        # A stream still connecting drops it: its connection is never made.
+        if self.writer is not None:
+            try:
+                for data in self.inbox:
+                    if data is not None:
+                        self.writer.write(data)
+            except (OSError, RuntimeError):
+                pass  # the connection is gone already
+            self.writer.close()
         self.inbox.clear()
-        self.writer.close()
         if tell_host:
             self.conn.send({"method": Stream.CLOSE, "params": {"stream": self.id}})
 
@@ -125,6 +150,7 @@ class Streams:
     """The streams and listeners of one agent; ``notifications`` are the channel's stream messages."""
 
     def __init__(self) -> None:
+        self.conn: Optional[Connection] = None  # the channel, for the streams the host opens
         self.streams: Dict[int, _Stream] = {}
         # Each listener's server and kind; a rest hands their sockets on (saved_state.py).
         self.listeners: List[Tuple[asyncio.Server, str]] = []
@@ -136,6 +162,7 @@ class Streams:
             Stream.EOF: lambda p: self._to(p, lambda s: s.receive(None)),
             Stream.CREDIT: lambda p: self._to(p, self._credit(int(p["bytes"]))),
             Stream.CLOSE: lambda p: self._to(p, lambda s: s.abort(tell_host=False)),
+            Stream.CONNECT: self.connect,
         }
 
     def _to(self, params: Dict[str, Any], action: Callable[[_Stream], None]) -> None:
@@ -151,21 +178,21 @@ class Streams:
 
         return grant
 
-    async def open(self, request: Request) -> Dict[str, Any]:
-        port = _port(request.params, 1)
-        stream_id = request.params.get("stream")
-        if type(stream_id) is not int or stream_id % 2 != 1 or stream_id in self.streams:
-            raise AgentError("INVALID_ARGUMENT", "stream must be a new odd number, not %r" % (stream_id,))
+    def connect(self, params: Dict[str, Any]) -> None:
+        """The host opens a stream. It is known from now on, before its connection is made, so
+        that the data the host sends right behind waits in its inbox (at most a window)."""
+        conn = self.conn
+        stream_id = params.get("stream")
+        if conn is None or type(stream_id) is not int or stream_id % 2 != 1 or stream_id in self.streams:
+            return  # a host bug: dropped, as other malformed stream messages are
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError as exc:
-            raise AgentError(
-                "INVALID_ARGUMENT",
-                "nothing accepts connections on port %d in the sandbox (%s); start the server first, "
-                "listening on 127.0.0.1 or 0.0.0.0 port %d" % (port, exc.strerror or exc, port),
-            )
-        self._add(request.conn, stream_id, reader, writer)
-        return {"stream": stream_id}
+            port = _port(params, 1)
+        except AgentError as exc:
+            conn.send({"method": Stream.CLOSE, "params": {"stream": stream_id, "error": exc.message}})
+            return
+        stream = _Stream(self, conn, stream_id)
+        self.streams[stream_id] = stream
+        stream.tasks = [asyncio.get_running_loop().create_task(stream.connect(port, params.get("confirm") is True))]
 
     async def listen(self, request: Request) -> Dict[str, Any]:
         port = _port(request.params, 0)
@@ -193,12 +220,9 @@ class Streams:
             return
         self._next_id += 2
         conn.send({"method": Stream.OPEN, "params": {"stream": self._next_id, "kind": kind}})
-        self._add(conn, self._next_id, reader, writer)
-
-    def _add(self, conn: Connection, stream_id: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        stream = _Stream(self, conn, stream_id, reader, writer)
-        self.streams[stream_id] = stream
-        stream.start()
+        stream = _Stream(self, conn, self._next_id)
+        self.streams[stream.id] = stream
+        stream.start(reader, writer)
 
     async def aclose(self) -> None:
         for server, _ in self.listeners:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
 from anyio.abc import ByteStream
 
-from .pipes import read_into, receive_copy, write_all
+from .pipes import read_into, receive_copy, write_all, write_now
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +32,8 @@ class ContainerStream(ByteStream):
         self._name = name
         self.silent_end = silent_end
         self._spoke = False
-        self._buffer = bytearray()
-        self._stdout = bytearray()
+        self._stdout = bytearray()  # demultiplexed and not returned yet (receive's max_bytes)
+        self._head = bytearray()  # a frame header cut by the end of a read
         self._frame_stream = 0
         self._frame_left = 0
         self._stderr_line = bytearray()
@@ -40,33 +41,28 @@ class ContainerStream(ByteStream):
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         while not self._stdout:
-            self._parse(await self._raw_receive())
+            chunk = bytearray(await self._raw_receive())
+            with memoryview(chunk) as view:
+                n = self._demux(view, len(chunk))
+            self._stdout += chunk[:n]
         data = bytes(self._stdout[:max_bytes])
         del self._stdout[:max_bytes]
         return data
 
     async def receive_into(self, view: memoryview) -> int:
-        """Read stdout into ``view`` (channel.py uses it): the payload of a stdout frame straight
-        from the socket where it can, else through the parser."""
+        """Read stdout into ``view`` (channel.py uses it): as much as the socket has, in one read
+        straight into ``view``, then the engine's headers (and any stderr) taken out in place.
+        The engine cuts a stream in frames of 32 KiB or less: a read and a wake-up per frame
+        would cost more than moving the bytes."""
         receive_into = getattr(self._raw, "receive_into", None)
-        while not self._stdout:
-            if receive_into is None or self._buffer:
-                self._parse(await self._raw_receive())
-            elif self._frame_left == 0:  # only the next header: the payload may go straight
-                header = memoryview(bytearray(8))
-                n = await self._raw_receive_into(receive_into, header)
-                self._parse(header[:n])
-            elif self._frame_stream == 1:
-                n = await self._raw_receive_into(receive_into, view[: min(len(view), self._frame_left)])
-                self._frame_left -= n
-                self._spoke = True
+        if self._stdout or receive_into is None:
+            data = await self.receive(len(view))
+            view[: len(data)] = data
+            return len(data)
+        while True:
+            n = self._demux(view, await self._raw_receive_into(receive_into, view))
+            if n:
                 return n
-            else:
-                self._parse(await self._raw_receive())
-        n = min(len(view), len(self._stdout))
-        view[:n] = self._stdout[:n]
-        del self._stdout[:n]
-        return n
 
     async def _raw_receive(self) -> bytes:
         try:
@@ -87,27 +83,31 @@ class ContainerStream(ByteStream):
         if not self._spoke and self.silent_end:
             logger.warning("%s: %s", self._name, self.silent_end)
 
-    def _parse(self, chunk: bytes | memoryview) -> None:
-        buffer = self._buffer
-        buffer += chunk
-        while buffer:
+    def _demux(self, view: memoryview, n: int) -> int:
+        """Demultiplex the ``n`` bytes read into ``view``: stdout's are moved to its start (how
+        many is returned), stderr's go to the log, headers are taken out."""
+        out = i = 0
+        while i < n:
             if self._frame_left == 0:
-                if len(buffer) < 8:
-                    return
-                self._frame_stream = buffer[0]
-                self._frame_left = int.from_bytes(buffer[4:8], "big")
-                del buffer[:8]
-                if self._frame_stream == 1 and self._frame_left:
-                    self._spoke = True
+                take = min(8 - len(self._head), n - i)
+                self._head += view[i : i + take]
+                i += take
+                if len(self._head) == 8:
+                    self._frame_stream = self._head[0]
+                    self._frame_left = int.from_bytes(self._head[4:8], "big")
+                    self._head.clear()
                 continue
-            n = min(self._frame_left, len(buffer))
+            take = min(self._frame_left, n - i)
             if self._frame_stream == 1:
-                self._stdout += buffer[:n]
+                if out != i:
+                    view[out : out + take] = view[i : i + take]
+                out += take
                 self._spoke = True
             else:
-                self._stderr(bytes(buffer[:n]))
-            del buffer[:n]
-            self._frame_left -= n
+                self._stderr(bytes(view[i : i + take]))
+            i += take
+            self._frame_left -= take
+        return out
 
     def _stderr(self, data: bytes) -> None:
         self.stderr_tail = (self.stderr_tail + data)[-4096:]
@@ -124,6 +124,11 @@ class ContainerStream(ByteStream):
 
     async def send(self, item: bytes) -> None:
         await self._raw.send(item)
+
+    def send_now(self, pieces: Sequence[bytes | bytearray | memoryview]) -> int:
+        """Write what the socket takes now of ``pieces`` (channel.py); 0 if it cannot say."""
+        send_now = getattr(self._raw, "send_now", None)
+        return 0 if send_now is None else int(send_now(pieces))
 
     async def send_eof(self) -> None:
         await self._raw.send_eof()
@@ -192,6 +197,11 @@ class PolledSocketStream(ByteStream):
         if self._closed:
             raise anyio.ClosedResourceError
         await write_all(self._sock.fileno(), item)
+
+    def send_now(self, pieces: Sequence[bytes | bytearray | memoryview]) -> int:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        return write_now(self._sock.fileno(), pieces)
 
     async def send_eof(self) -> None:
         self._sock.shutdown(socket.SHUT_WR)

@@ -1,13 +1,14 @@
 """Non-blocking descriptors read and written without the copies of asyncio's streams:
-``read_into`` reads a big payload straight into the buffer it ends up in (channel.py uses it), and
-``write_all`` writes the caller's buffer until the descriptor has taken it all. A local agent's
-channel pipes use them here, and a Docker attach socket in docker_stream.py.
+``read_into`` reads a big payload straight into the buffer it ends up in (channel.py uses it),
+``write_all`` writes the caller's buffer until the descriptor has taken it all, and ``write_now``
+writes what it takes at once of several buffers (a frame's header and payload), without waiting.
+A local agent's channel pipes use them here, and a Docker attach socket in docker_stream.py.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
@@ -41,6 +42,17 @@ async def write_all(fd: int, item: bytes | bytearray | memoryview) -> None:
         except OSError as exc:
             raise anyio.BrokenResourceError from exc
         view = view[n:]
+
+
+def write_now(fd: int, pieces: Sequence[bytes | bytearray | memoryview]) -> int:
+    """Write what a non-blocking pipe or socket takes now of ``pieces``, in one system call; how
+    many bytes it took."""
+    try:
+        return os.writev(fd, pieces)
+    except BlockingIOError:
+        return 0
+    except OSError as exc:
+        raise anyio.BrokenResourceError from exc
 
 
 async def receive_copy(receive_into: Callable[[memoryview], Awaitable[int]], max_bytes: int) -> bytes:
@@ -83,6 +95,11 @@ class PipeSendStream(ByteSendStream):
         if self._closed:
             raise anyio.ClosedResourceError
         await write_all(self._fd, item)
+
+    def send_now(self, pieces: Sequence[bytes | bytearray | memoryview]) -> int:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        return write_now(self._fd, pieces)
 
     async def aclose(self) -> None:
         if not self._closed:
