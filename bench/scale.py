@@ -78,6 +78,8 @@ class Figures:
     sandbox_cpu_ms_per_exec: float = 0.0  # the sandboxes' (agent and bash; for Docker, and the engine)
     client_cpu_ms_per_exec: float = 0.0  # this benchmark's own (the MCP client), in the same run
     host_cpu_ms_per_exec: float = 0.0  # the whole host's (everything else running here included)
+    wake_ms: list[float] = field(default_factory=list)  # an exec in each after --idle-wait (agents at rest)
+    wake_cpu_ms: float = 0.0  # the sandboxes' CPU per such exec: mostly their agents' start
     floor_p50_ms: float = 0.0  # the same callers on an MCP server whose tool only runs bash -c
     floor_p99_ms: float = 0.0
 
@@ -178,6 +180,9 @@ async def measure(backend: str, count: int, callers: int = 50, execs: int | None
                 raise RuntimeError(f"no sandbox started: {figures.errors[:3]}")
             figures.create_p50_ms = percentile(create_ms, 0.5)
             figures.create_p99_ms = percentile(create_ms, 0.99)
+            # Every sandbox used once more, so that the latency run meets awake agents: creating a
+            # thousand takes longer than the minute after which an idle agent rests.
+            await each_once(server, ids, figures)
             await exec_latency(figures, server, ids, callers, execs or max(count, 1000))
             # Memory once every sandbox ran a command within the last seconds (creating them all
             # may take longer than a minute, after which the first ones are idle already).
@@ -192,7 +197,36 @@ async def measure(backend: str, count: int, callers: int = 50, execs: int | None
             if idle_wait:
                 await anyio.sleep(max(0.0, idle_wait - IDLE_SAMPLE))
                 await read_memory(figures, backend, server.pid, ids, idle=True)
+                # Then an exec in each, CREATE_PARALLEL at a time: each wakes its resting agent.
+                inits = await anyio.to_thread.run_sync(container_pids, ids) if backend == "docker" else None
+                before = sandboxes_cpu_ms(server.pid, inits)
+                figures.wake_ms = await each_once(server, ids, figures)
+                figures.wake_cpu_ms = (sandboxes_cpu_ms(server.pid, inits) - before) / max(1, len(figures.wake_ms))
     return figures
+
+
+async def each_once(server: Server, ids: list[str], figures: Figures) -> list[float]:
+    """An exec in each sandbox, CREATE_PARALLEL at a time; how long each took (ms)."""
+    limiter = anyio.CapacityLimiter(CREATE_PARALLEL)
+    took: list[float] = []
+
+    async def one(sid: str) -> None:
+        async with limiter:
+            started = time.perf_counter()
+            try:
+                out = await server.call("exec", command="echo hi", sandbox_id=sid)
+            except RuntimeError as exc:
+                if len(figures.errors) < 10:
+                    figures.errors.append(str(exc))
+                return
+            took.append((time.perf_counter() - started) * 1000)
+            if out["stdout"] != "hi\n" and len(figures.errors) < 10:
+                figures.errors.append(f"exec in {sid} printed {out['stdout']!r}")
+
+    async with anyio.create_task_group() as tg:
+        for sid in ids:
+            tg.start_soon(one, sid)
+    return took
 
 
 async def read_memory(figures: Figures, backend: str, server_pid: int, ids: list[str], *, idle: bool) -> None:
@@ -298,6 +332,11 @@ def rows(f: Figures) -> list[Row]:
     if f.idle_pss_kb:
         found.append(Row(f"memory per sandbox once idle ({b})", f.idle_pss_mb, unit="MB", target="<= 6 MB",
                          note=f"({f.idle_processes:.1f} processes each)"))
+    if f.wake_ms:
+        found.append(Row(f"exec in each idle sandbox, its agent at rest, {CREATE_PARALLEL} at a time ({b})",
+                         percentile(f.wake_ms, 0.5),
+                         note=f"p50 ({percentile(f.wake_ms, 0.99):.0f} ms p99; {len(f.wake_ms)} of {n}; "
+                              f"CPU per exec in the sandbox {f.wake_cpu_ms:.1f} ms, mostly the agent's start)"))
     if b == "docker":
         found.append(Row(f"engine's own memory per container ({b})", f.engine_kb / 1024, unit="MB",
                          note="(its shim's PSS and dockerd's and containerd's growth)"))

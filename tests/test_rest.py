@@ -19,7 +19,6 @@ import pytest
 from anyio.abc import ByteStream
 from mcp.client import Client
 
-from mcp_sandbox.agent import api
 from mcp_sandbox.agent.rest import STUB_MARKER
 from mcp_sandbox.manager import SandboxManager
 from mcp_sandbox.sandbox import Sandbox
@@ -42,9 +41,10 @@ def isolated(request: pytest.FixtureRequest) -> str:
 
 
 @asynccontextmanager
-async def server(backend: str, root: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Tools, SandboxManager]]:
-    monkeypatch.setattr(api, "REST_AFTER", REST_AFTER)
-    async with SandboxManager(settings_for(backend, root)) as manager:
+async def server(
+    backend: str, root: Path, monkeypatch: pytest.MonkeyPatch, rest_after: float = REST_AFTER
+) -> AsyncIterator[tuple[Tools, SandboxManager]]:
+    async with SandboxManager(settings_for(backend, root, rest_after=rest_after)) as manager:
         async with Client(build_server(manager)) as client:
             yield Tools(client, backend), manager
 
@@ -197,4 +197,13 @@ async def test_an_unisolated_agent_never_rests(tmp_path: Path, monkeypatch: pyte
         _, pid = await default_sandbox(mcp, manager)
         await anyio.sleep(3 * REST_AFTER)
         assert not resting(pid)  # other processes of the host are in sight
+        assert (await mcp.sh("echo awake"))["stdout"] == "awake\n"
+
+
+async def test_rest_after_zero_never_rests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_backend("bwrap")
+    async with server("bwrap", tmp_path, monkeypatch, rest_after=0) as (mcp, manager):
+        _, pid = await default_sandbox(mcp, manager)
+        await anyio.sleep(3 * REST_AFTER)
+        assert not resting(pid)
         assert (await mcp.sh("echo awake"))["stdout"] == "awake\n"

@@ -194,3 +194,12 @@ def test_wait_for_outcome_in_logs_and_on_the_screen() -> None:
 
 def test_durations_as_people_say_them() -> None:
     assert [duration(s) for s in (0.5, 120, 900, 930, 7200, 5400)] == ["0.5 s", "120 s", "15 min", "930 s", "2 h", "90 min"]
+
+
+def test_the_agents_defaults_are_the_settings_defaults() -> None:
+    from mcp_sandbox.agent import api
+    from mcp_sandbox.backends.base import AgentConfig
+    from mcp_sandbox.settings import Settings
+
+    assert AgentConfig.from_settings(Settings()) == AgentConfig()
+    assert Settings().rest_after == api.DEFAULT_REST_AFTER

@@ -104,8 +104,9 @@ DEFAULT_LIMITS: Limits = {"max_sessions": 32, "max_processes": 64, "max_code_con
 DEFAULT_MAX_OUTPUT = 30_000
 DEFAULT_COMMAND_TIMEOUT = 120.0
 DEFAULT_SESSION_IDLE_TIMEOUT = 900.0
-# An agent with nothing live that heard nothing from the host for this long rests (rest.py).
-REST_AFTER = 60.0
+# An agent with nothing live that heard nothing from the host for this long rests (rest.py);
+# 0: never. Settings.rest_after is the same.
+DEFAULT_REST_AFTER = 300.0
 # Where the agent keeps its state (sessions, output spill files), as seen inside the sandbox.
 STATE_DIR = "/tmp/.mcp-sandbox"
 
@@ -127,7 +128,7 @@ class Config(_ConfigRequired, total=False):
     inherit_env: bool  # the image's environment is the base of every command's (Docker)
     rlimits: Dict[str, int]  # e.g. {"FSIZE": bytes}, see main.apply_rlimits
     cgroup: Dict[str, Any]  # {"fd": n, "v2": bool}: the sandbox's job cgroups (local backend)
-    rest_after: float  # seconds, instead of REST_AFTER (tests)
+    rest_after: float  # seconds; 0: never rest
     resume: int  # instead of all else: the fd of the state saved by an agent that rested (rest.py)
 
 

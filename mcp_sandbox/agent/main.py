@@ -13,7 +13,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
-from .api import DEFAULT_SESSION_IDLE_TIMEOUT, PROTOCOL_VERSION, REST_AFTER, Hello, Method
+from .api import DEFAULT_REST_AFTER, DEFAULT_SESSION_IDLE_TIMEOUT, PROTOCOL_VERSION, Hello, Method
 from .children import _PR_SET_DUMPABLE, _PR_SET_PDEATHSIG, Children, prctl
 from .jobs import Jobs
 from .pipes import enlarge_pipe
@@ -203,7 +203,7 @@ async def serve(config: Dict[str, Any], in_fd: int, out_fd: int, saved: Optional
         expire_idle(config.get("session_idle_timeout", DEFAULT_SESSION_IDLE_TIMEOUT), [sessions.expire_idle, expire_contexts, lambda _: sessions.rest()])
     )
     always = (serving, janitor, asyncio.current_task())
-    resting = loop.create_task(rest_when_idle(config.get("rest_after", REST_AFTER), parts, connection, executor, always))
+    resting = loop.create_task(rest_when_idle(config.get("rest_after", DEFAULT_REST_AFTER), parts, connection, executor, always))
     await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
     # The host is gone or asked us to stop: nothing started in the sandbox may outlive us, and
     # nothing the agent started is left pending. First no new requests, expiries or rest.

@@ -1,7 +1,7 @@
 """Rest: an agent that has nothing live and heard nothing for a while becomes a tiny process.
 
 An idle agent is mostly the memory of an interpreter that imported asyncio (~9 MB), however little
-it holds. So once the host has sent nothing for ``REST_AFTER`` seconds and nothing lives in the
+it holds. So once the host has sent nothing for ``rest_after`` seconds (its config; api.DEFAULT_REST_AFTER) and nothing lives in the
 sandbox but the agent (no process, request, stream, code context or file transfer), the
 agent saves its records (saved_state.py) to a memfd and execs ``STUB``: the same interpreter with
 only os, select and sys, which waits until the channel has something to read, without reading it,
@@ -78,7 +78,9 @@ Tasks = Collection[Optional["asyncio.Future[Any]"]]
 
 async def rest_when_idle(after: float, parts: Parts, connection: Connection, executor: Executor, own: Tasks) -> None:
     """Rest once the host was silent for ``after`` seconds and nothing is live; else look again
-    ``after`` seconds later. ``own``: the agent's tasks that are always there."""
+    ``after`` seconds later (0: never). ``own``: the agent's tasks that are always there."""
+    if after <= 0:
+        return
     loop = asyncio.get_running_loop()
     while True:
         wait = connection.last_active + after - loop.time()

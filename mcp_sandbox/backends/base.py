@@ -29,6 +29,7 @@ class AgentConfig:
     max_output: int = api.DEFAULT_MAX_OUTPUT
     command_timeout: float = api.DEFAULT_COMMAND_TIMEOUT
     session_idle_timeout: float = api.DEFAULT_SESSION_IDLE_TIMEOUT
+    rest_after: float = api.DEFAULT_REST_AFTER
     limits: api.Limits = field(default_factory=lambda: api.Limits(**api.DEFAULT_LIMITS))
 
     @classmethod
@@ -38,6 +39,7 @@ class AgentConfig:
             max_output=settings.max_output,
             command_timeout=settings.command_timeout,
             session_idle_timeout=settings.session_idle_timeout,
+            rest_after=settings.rest_after,
             limits=cast(api.Limits, {name: getattr(settings, name) for name in api.DEFAULT_LIMITS}),
         )
 
@@ -53,8 +55,7 @@ class AgentConfig:
             "command_timeout": self.command_timeout,
             "session_idle_timeout": self.session_idle_timeout,
             "limits": self.limits,
-            # A constant, read at each start so that tests can shorten it (agent/rest.py).
-            "rest_after": api.REST_AFTER,
+            "rest_after": self.rest_after,
         }
         return {**config, **extra}
 
