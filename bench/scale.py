@@ -8,7 +8,9 @@ for the local backend the tree under each of the server's sandbox processes (bub
 inside); for Docker the tree under each container's init as the host sees it, with the engine's
 own cost (one containerd shim per container, and the growth of dockerd and containerd) apart.
 With ``--idle-wait`` it is read again once the sandboxes have been idle that long (sessions idle
-for a minute keep no standby bash). Creations and execs that fail are counted and shown, not
+for a minute keep no standby bash; past the server's --rest-after, 300 s, agents rest), and then an
+exec in each is timed, which wakes its agent. Exec latency is measured beside its floor, an MCP
+server whose tool only runs ``bash -c``, in alternating rounds. Creations and execs that fail are counted and shown, not
 fatal to the run.
 
 A run is bounded (a deadline, a check of the memory available before it starts) and removes
