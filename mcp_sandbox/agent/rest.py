@@ -1,9 +1,9 @@
 """Rest: an agent that has nothing live and heard nothing for a while becomes a tiny process.
 
 An idle agent is mostly the memory of an interpreter that imported asyncio (~9 MB), however little
-it holds. So once the host has sent nothing for ``rest_after`` seconds (its config; api.DEFAULT_REST_AFTER) and nothing lives in the
-sandbox but the agent (no process, request, stream, code context or file transfer), the
-agent saves its records (saved_state.py) to a memfd and execs ``STUB``: the same interpreter with
+it holds. So once the host has sent nothing for ``rest_after`` seconds (its config, from
+--rest-after) and nothing lives in the sandbox but the agent (no process, request, stream, code
+context or file transfer), the agent saves its records (saved_state.py) to a memfd and execs ``STUB``: the same interpreter with
 only os, select and sys, which waits until the channel has something to read, without reading it,
 and then execs the full agent again, which restores the records and reads the request that woke
 it. The pid stays the same, and so do the channel's fds: the host sees nothing but the first
