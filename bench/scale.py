@@ -21,6 +21,7 @@ and the run then removes what would still be there (its workspace root, its cont
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -84,6 +85,11 @@ class Figures:
     wake_cpu_ms: float = 0.0  # the sandboxes' CPU per such exec: mostly their agents' start
     floor_p50_ms: float = 0.0  # the same callers on an MCP server whose tool only runs bash -c
     floor_p99_ms: float = 0.0
+
+    def note(self, error: str) -> None:
+        """Keep the first few errors."""
+        if len(self.errors) < 10:
+            self.errors.append(error)
 
     @property
     def pss_mb(self) -> float:
@@ -160,15 +166,12 @@ async def measure(backend: str, count: int, callers: int = 50, execs: int | None
                     started = time.perf_counter()
                     try:
                         sid = (await server.call("create_sandbox"))["sandbox_id"]
-                        out = await server.call("exec", command="echo hi", sandbox_id=sid)
+                        await echo(server, sid)
                     except RuntimeError as exc:
-                        if len(figures.errors) < 10:
-                            figures.errors.append(str(exc))
+                        figures.note(str(exc))
                         return
                     create_ms.append((time.perf_counter() - started) * 1000)
                     ids.append(sid)
-                    if out["stdout"] != "hi\n":
-                        figures.errors.append(f"exec in {sid} printed {out['stdout']!r}")
 
             started = time.perf_counter()
             await create()
@@ -207,6 +210,16 @@ async def measure(backend: str, count: int, callers: int = 50, execs: int | None
     return figures
 
 
+def printed(where: str, out: Any) -> None:
+    """RuntimeError unless an ``echo hi`` printed what it should."""
+    if out != "hi\n":
+        raise RuntimeError(f"exec in {where} printed {out!r}")
+
+
+async def echo(server: Server, sid: str) -> None:
+    printed(sid, (await server.call("exec", command="echo hi", sandbox_id=sid))["stdout"])
+
+
 async def each_once(server: Server, ids: list[str], figures: Figures) -> list[float]:
     """An exec in each sandbox, CREATE_PARALLEL at a time; how long each took (ms)."""
     limiter = anyio.CapacityLimiter(CREATE_PARALLEL)
@@ -216,14 +229,11 @@ async def each_once(server: Server, ids: list[str], figures: Figures) -> list[fl
         async with limiter:
             started = time.perf_counter()
             try:
-                out = await server.call("exec", command="echo hi", sandbox_id=sid)
+                await echo(server, sid)
             except RuntimeError as exc:
-                if len(figures.errors) < 10:
-                    figures.errors.append(str(exc))
+                figures.note(str(exc))
                 return
             took.append((time.perf_counter() - started) * 1000)
-            if out["stdout"] != "hi\n" and len(figures.errors) < 10:
-                figures.errors.append(f"exec in {sid} printed {out['stdout']!r}")
 
     async with anyio.create_task_group() as tg:
         for sid in ids:
@@ -257,28 +267,19 @@ async def exec_latency(figures: Figures, server: Server, ids: list[str], callers
     failures = {"ours": 0, "floor": 0}  # a tool error, or a call that did not print what it should
     elapsed = 0.0
 
-    async def ours(sid: str) -> str:
-        return str((await server.call("exec", command="echo hi", sandbox_id=sid))["stdout"])
-
-    def failed(who: str, error: str) -> None:
-        failures[who] += 1
-        if len(figures.errors) < 10:
-            figures.errors.append(f"{who}: {error}")
-
-    async def run(who: str, call: Callable[[str], Awaitable[str]], count: int, into: list[float]) -> None:
+    async def run(who: str, call: Callable[[str], Awaitable[None]], count: int, into: list[float]) -> None:
         async def caller(number: int) -> None:
             mine = ids[number::callers] or ids
             for i in range(number, count, callers):
                 sid = mine[(i // callers) % len(mine)]
                 started = time.perf_counter()
                 try:
-                    out = await call(sid)
+                    await call(sid)
                 except RuntimeError as exc:
-                    failed(who, str(exc))
+                    failures[who] += 1
+                    figures.note(f"{who}: {exc}")
                     continue
                 into.append((time.perf_counter() - started) * 1000)
-                if out != "hi\n":
-                    failed(who, f"exec in {sid} printed {out!r}")
 
         async with anyio.create_task_group() as tg:
             for number in range(callers):
@@ -288,17 +289,17 @@ async def exec_latency(figures: Figures, server: Server, ids: list[str], callers
     server_cpu = sandboxes_cpu = client_cpu = host_cpu = 0.0
     async with floor_server() as floor:
 
-        async def bare(sid: str) -> str:
+        async def bare(sid: str) -> None:
             result = await floor.call_tool("bash", {"command": "echo hi"})
             if result.is_error or result.structured_content is None:
                 raise RuntimeError(f"the floor's bash failed: {result.content}")
-            return str(result.structured_content["stdout"])
+            printed("the floor", result.structured_content["stdout"])
 
         for turn in range(ROUNDS):
             per_round = execs // ROUNDS + (turn < execs % ROUNDS)
             before = cpu_ms(server.pid), host_cpu_ms(), sandboxes_cpu_ms(server.pid, inits), cpu_ms(os.getpid())
             started = time.perf_counter()
-            await run("ours", ours, per_round, samples)
+            await run("ours", functools.partial(echo, server), per_round, samples)
             elapsed += time.perf_counter() - started
             server_cpu += cpu_ms(server.pid) - before[0]
             host_cpu += host_cpu_ms() - before[1]

@@ -89,9 +89,8 @@ class AgentChannel:
     async def _read(self) -> None:
         frames = Frames(self._max_message, self._sink)
         # A stream that reads into our buffers (backends/pipes.py) gets big payloads read straight
-        # into theirs, and the rest into one scratch buffer: no copies beyond those.
+        # into theirs, and the rest into the shared _SCRATCH: no copies beyond those.
         receive_into: Callable[[memoryview], Awaitable[int]] | None = getattr(self._receive, "receive_into", None)
-        scratch = _SCRATCH
         while True:
             room = frames.room() if receive_into is not None and self._closed_reason is None else None
             try:
@@ -99,7 +98,7 @@ class AgentChannel:
                     assert receive_into is not None
                     received = frames.filled(await receive_into(room))
                 elif receive_into is not None:
-                    received = frames.feed(scratch[: await receive_into(scratch)])
+                    received = frames.feed(_SCRATCH[: await receive_into(_SCRATCH)])
                 else:
                     received = frames.feed(await self._receive.receive(1 << 20))
             except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
