@@ -238,6 +238,7 @@ class SandboxManager:
             disk_watch = anyio.CancelScope()
             if sandbox.handle.disk is not None:
                 tg.start_soon(self._watch_disk, sandbox, disk_watch)
+            tg.start_soon(self._watch_handle, sandbox)
             await sandbox.channel.wait_closed()
             disk_watch.cancel()
             if self.sandboxes.get(sandbox.id) is sandbox:
@@ -251,6 +252,14 @@ class SandboxManager:
                 self._spares.remove(sandbox)
                 await self._quietly(self._remove(sandbox), sandbox.id)
             # The reader runs on until the removal ends the sandbox's stream.
+
+    async def _watch_handle(self, sandbox: Sandbox) -> None:
+        """The backend's own reading (base.AgentHandle.watch), which ends with the sandbox: after
+        the channel has closed, so that an agent's last words reach the log."""
+        try:
+            await sandbox.handle.watch()
+        except Exception:
+            logger.exception("sandbox %s: watching its backend failed", sandbox.id)
 
     async def _watch_disk(self, sandbox: Sandbox, scope: anyio.CancelScope) -> None:
         assert sandbox.handle.disk is not None

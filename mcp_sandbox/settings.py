@@ -75,6 +75,12 @@ class Settings(BaseModel):
         "10g", description="Local backend: disk budget per sandbox, for its workspace and temporary directories."
     )
     runtime: str | None = Field(None, description="Docker: container runtime (e.g. runsc for gVisor).")
+    docker_channel: Literal["auto", "attach"] = Field(
+        "auto",
+        description="Docker: how the server talks to a sandbox's agent. auto: over a unix socket mounted into "
+        "the container where the engine runs on this machine (faster), else through the engine's attached "
+        "stdin and stdout; attach: always through the engine.",
+    )
     command_timeout: float = Field(120.0, gt=0, description="Default exec and run_code timeout in seconds.")
     max_output: int = Field(30_000, ge=100, description="Characters of each output stream returned by a tool.")
     idle_timeout: float = Field(1800.0, gt=0, description="Destroy a sandbox after this many seconds without use.")

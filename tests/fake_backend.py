@@ -44,6 +44,9 @@ class FakeAgent:
     def workspace(self) -> str:
         return str(self.directory / "workspace")
 
+    async def watch(self) -> None:
+        """Nothing to read beside the channel."""
+
     async def destroy(self) -> None:
         with anyio.CancelScope(shield=True):
             if self.process.returncode is None:

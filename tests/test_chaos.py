@@ -33,7 +33,7 @@ from mcp_sandbox.server import build_server
 
 from .conftest import IN_CI, Tools, require_backend, settings_for
 from .helpers import cmdline, eventually, pids_with
-from .test_hostile_agent import agent_pid
+from .agent_fds import agent_pid
 
 pytestmark = pytest.mark.anyio
 

@@ -36,7 +36,8 @@ from mcp_sandbox.errors import SandboxError
 from mcp_sandbox.manager import make_backend
 
 from .conftest import DOCKER_IMAGE, Tools, require_backend, settings_for
-from .test_hostile_agent import OPEN_EVERY_FD, agent_pid, channel_pipes
+from .agent_fds import agent_pid, channel_ends
+from .test_hostile_agent import OPEN_EVERY_FD
 
 pytestmark = pytest.mark.anyio
 
@@ -216,7 +217,7 @@ async def test_root_in_a_sandbox_owns_files_but_holds_nothing_more(manager_facto
         r = await sandbox.exec("hostname other")
         assert r.exit_code != 0
         # Not even root in the sandbox (DAC_OVERRIDE, no SYS_PTRACE) opens the agent's channel.
-        channel = set(channel_pipes(agent_pid(sandbox)).values())
+        channel = set(channel_ends(agent_pid(sandbox)).values())
         report = json.loads((await sandbox.exec("python3 - 1", stdin=OPEN_EVERY_FD)).stdout)
         opened = {inode for _, _, inode, _ in report if inode is not None}
         assert opened and not opened & channel

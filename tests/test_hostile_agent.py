@@ -1,10 +1,10 @@
 """Sandbox to server: whatever arrives on an agent's channel can end only that sandbox.
 
 Code in a sandbox cannot reach its agent's channel (the agent is not dumpable and no other process
-in the sandbox holds the channel's pipes). To check what the server does when an agent is owned
-anyway, these tests write into the real channel from outside, as root on the host opening the
-agent's end through /proc, exactly where a hostile agent would write; and they freeze a real agent
-with SIGSTOP for an agent that never answers.
+in the sandbox holds the channel's pipes or socket). To check what the server does when an agent
+is owned anyway, these tests write into the real channel from outside, as root on the host taking
+the agent's end (agent_fds.py), exactly where a hostile agent would write; and they freeze a real
+agent with SIGSTOP for an agent that never answers.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from mcp_sandbox.agent import protocol
 from mcp_sandbox.agent.api import STREAM_CHUNK, STREAM_WINDOW
 from mcp_sandbox.backends import docker as docker_backend
 from mcp_sandbox.manager import SandboxManager
-from mcp_sandbox.sandbox import Sandbox
 from mcp_sandbox.server import build_server
 
-from .conftest import Tools, require_backend, unavailable
+from .agent_fds import agent_pid, channel_ends, open_channel_out, require_root, write_into
+from .conftest import Tools, require_backend
 from .helpers import eventually, memory_kib, reset_peak_rss
 from .test_streams import server as streams_server
 
@@ -124,105 +124,6 @@ print("wrote", total, flush=True)
 """
 
 
-def require_root() -> None:
-    if os.geteuid() != 0:
-        unavailable("writing into an agent's channel from outside needs root on the host")
-
-
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            found += [int(p) for p in f.read().split()]
-    return found
-
-
-def parent(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
-
-
-def agent_pid(sandbox: Sandbox) -> int:
-    """The sandbox's agent, as a pid on the host."""
-    handle: Any = sandbox.handle
-    if sandbox.backend == "docker":
-        return int(handle.client.api.inspect_container(handle.container_id)["State"]["Pid"])
-    todo = [handle.process.pid]  # the agent itself, or bubblewrap above it
-    while todo:
-        pid = todo.pop()
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            program, _, args = f.read().partition(b"\0")
-        if b"agent.main" in args and not program.endswith(b"bwrap"):
-            return pid
-        todo += children(pid)
-    raise AssertionError(f"no agent under pid {handle.process.pid}")
-
-
-def pipes(pid: int) -> dict[int, int]:
-    """A process's descriptors that are pipes: fd to the pipe's inode."""
-    found = {}
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("pipe:["):
-            found[int(fd)] = int(link[6:-1])
-    return found
-
-
-def channel_pipes(agent: int) -> dict[int, int]:
-    """The agent's pipes whose other end is outside the sandbox (held by the server, bubblewrap or
-    the container's shim): its channel, and its stderr."""
-    outside: set[int] = set(pipes(os.getpid()).values())
-    pid = agent
-    for _ in range(6):
-        pid = parent(pid)
-        if pid <= 1:
-            break
-        outside |= set(pipes(pid).values())
-    return {fd: inode for fd, inode in pipes(agent).items() if inode in outside}
-
-
-def channel_out(agent: int) -> str:
-    """The /proc path of the descriptor the agent writes its messages to."""
-    ours = channel_pipes(agent)
-    for fd, inode in ours.items():
-        with open(f"/proc/{agent}/fdinfo/{fd}") as f:
-            flags = int(f.read().split("flags:")[1].split()[0], 8)
-        if fd > 2 and flags & 3 == os.O_WRONLY and inode != ours.get(2):
-            return f"/proc/{agent}/fd/{fd}"
-    raise AssertionError(f"no channel among the agent's pipes {ours}")
-
-
-def write_into(path: str, pieces: Iterable[bytes], stop: threading.Event, seconds: float = 30.0) -> int:
-    """Write into a pipe through /proc until done or told to stop, without ever blocking for good;
-    returns what went in. (Docker's engine waits for the end of a container's output before it
-    removes it, and this writer, outside the container, would otherwise hold it open.)"""
-    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-    written, deadline = 0, time.monotonic() + seconds
-    try:
-        for piece in pieces:
-            view = memoryview(piece)
-            while view:
-                if stop.is_set():
-                    return written
-                try:
-                    n = os.write(fd, view)
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        return written
-                    time.sleep(0.005)
-                    continue
-                except BrokenPipeError:
-                    return written
-                written += n
-                view = view[n:]
-    finally:
-        os.close(fd)
-    return written
-
-
 @asynccontextmanager
 async def served(manager_factory: Any, backend: str, **overrides: Any) -> AsyncIterator[tuple[SandboxManager, Tools]]:
     async with manager_factory(**overrides) as manager:
@@ -231,10 +132,11 @@ async def served(manager_factory: Any, backend: str, **overrides: Any) -> AsyncI
 
 
 async def hit_while_waiting(
-    mcp: Tools, sandbox_id: str, command: str, out: str, pieces: Iterable[bytes]
+    mcp: Tools, sandbox_id: str, command: str, out: int, pieces: Iterable[bytes]
 ) -> tuple[str, float]:
-    """Start ``command`` in the sandbox and write ``pieces`` into its agent's channel (at ``out``)
-    while it runs, until the call ends; the call's error and how long it took."""
+    """Start ``command`` in the sandbox and write ``pieces`` into its agent's channel (``out``, an
+    open_channel_out, closed after) while it runs, until the call ends; the call's error and how
+    long it took."""
     outcome: dict[str, Any] = {}
     stop = threading.Event()
 
@@ -264,7 +166,7 @@ async def test_code_in_the_sandbox_cannot_open_the_channel(manager_factory: Any,
     require_root()
     async with served(manager_factory, backend) as (manager, mcp):
         sid = (await mcp("create_sandbox"))["sandbox_id"]
-        channel = set(channel_pipes(agent_pid(manager.sandboxes[sid])).values())
+        channel = set(channel_ends(agent_pid(manager.sandboxes[sid])).values())
         assert len(channel) >= 2  # in and out at least
         r = await mcp.sh("python3 - 1", stdin=OPEN_EVERY_FD, sandbox_id=sid)
         report = json.loads(r["stdout"])
@@ -312,7 +214,7 @@ async def test_garbage_on_the_channel_ends_only_its_sandbox(manager_factory: Any
         bystander = (await mcp("create_sandbox"))["sandbox_id"]
         for name, data in GARBAGE.items():
             sid = (await mcp("create_sandbox"))["sandbox_id"]
-            out = channel_out(agent_pid(manager.sandboxes[sid]))
+            out = open_channel_out(agent_pid(manager.sandboxes[sid]))
             text, seconds = await hit_while_waiting(mcp, sid, "sleep 30", out, [data])
             assert "BACKEND_UNAVAILABLE:" in text and "protocol" in text, (name, text)
             assert seconds < 10, name
@@ -322,7 +224,7 @@ async def test_garbage_on_the_channel_ends_only_its_sandbox(manager_factory: Any
         # A partial message glued to the next answer makes that answer unreadable: the call fails at
         # once instead of waiting for an answer that never comes.
         sid = (await mcp("create_sandbox"))["sandbox_id"]
-        out = channel_out(agent_pid(manager.sandboxes[sid]))
+        out = open_channel_out(agent_pid(manager.sandboxes[sid]))
         text, seconds = await hit_while_waiting(mcp, sid, "sleep 1; echo done", out, [frame(b'{"id":' + b" " * 14)[:-14]])
         assert "BACKEND_UNAVAILABLE:" in text and "unreadable message" in text
         assert seconds < 10
@@ -339,7 +241,7 @@ async def test_a_stream_past_its_window_ends_only_its_sandbox(manager_factory: A
         sid = (await mcp("create_sandbox"))["sandbox_id"]
         sandbox = manager.sandboxes[sid]
         stream = await sandbox.open_stream(await streams_server(sandbox, "echo"))  # sends nothing unasked
-        out = channel_out(agent_pid(sandbox))
+        out = open_channel_out(agent_pid(sandbox))
         data = frame(b"x" * STREAM_CHUNK, protocol.DATA, stream.id)  # type: ignore[attr-defined]
         text, seconds = await hit_while_waiting(mcp, sid, "sleep 30", out, [data] * (STREAM_WINDOW // STREAM_CHUNK + 1))
         assert "BACKEND_UNAVAILABLE:" in text and "window" in text, text
@@ -355,7 +257,7 @@ async def test_an_endless_message_does_not_grow_the_server(manager_factory: Any,
     async with served(manager_factory, backend) as (manager, mcp):
         bystander = (await mcp("create_sandbox"))["sandbox_id"]
         sid = (await mcp("create_sandbox"))["sandbox_id"]
-        out = channel_out(agent_pid(manager.sandboxes[sid]))
+        out = open_channel_out(agent_pid(manager.sandboxes[sid]))
         before = memory_kib("VmRSS")
         assert reset_peak_rss()
         # A message of 4 GiB announced, and 300 MB of it sent: refused at its header.

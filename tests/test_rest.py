@@ -26,7 +26,7 @@ from mcp_sandbox.server import build_server
 
 from .conftest import Tools, require_backend, settings_for
 from .helpers import eventually
-from .test_hostile_agent import agent_pid
+from .agent_fds import agent_pid
 from .test_streams import CLIENT, read_all
 
 pytestmark = pytest.mark.anyio

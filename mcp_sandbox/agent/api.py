@@ -129,6 +129,7 @@ class Config(_ConfigRequired, total=False):
     rlimits: Dict[str, int]  # e.g. {"FSIZE": bytes}, see main.apply_rlimits
     cgroup: Dict[str, Any]  # {"fd": n, "v2": bool}: the sandbox's job cgroups (local backend)
     rest_after: float  # seconds; 0: never rest
+    channel_socket: str  # a unix socket to talk over instead of stdin and stdout, if it connects (Docker)
     resume: int  # instead of all else: the fd of the state saved by an agent that rested (rest.py)
 
 

@@ -80,6 +80,11 @@ class AgentHandle(Protocol):
         """The sandbox's disk budget, where the server keeps it."""
         ...
 
+    async def watch(self) -> None:
+        """What the backend reads beside the channel while the sandbox lives (returns at once
+        where there is nothing); it ends when the sandbox is removed."""
+        ...
+
     async def destroy(self) -> None:
         """Kill everything in the sandbox and remove it; safe to call twice."""
         ...

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import anyio
+from anyio.abc import ByteStream
 
 from ..agent.bundle import STDIN_BOOTSTRAP, write_bundle
 from ..disk import DiskBudget
@@ -36,6 +37,8 @@ from ..sizes import parse_size
 from .base import AgentConfig, SandboxSpec
 from .docker_engine import PROBE_TIMEOUT, connect, engine_address, engine_gone, probe, remove_container, sdk
 from .docker_images import FALLBACK_IMAGE, IMAGES_DIR, PROJECT_IMAGE, build_image, resolve_image
+from .docker_channel import ChannelSocket
+from .docker_channel import agent_config as channel_config
 from .docker_stream import ContainerStream, wrap_attach_socket
 from .ownership import owner_alive, server_instance
 
@@ -73,21 +76,33 @@ CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETUID", "SETGID",
 
 @dataclass
 class DockerAgent:
-    stream: ContainerStream
+    stream: ContainerStream  # the attached stdin, stdout and stderr
     client: Any
     container_id: str
     isolation: str
     workspace: str = WORKSPACE
     disk: DiskBudget | None = None  # not kept on Docker
+    channel: ByteStream | None = None  # the channel's socket past the engine (docker_channel.py)
     _destroyed: bool = field(default=False, repr=False)
 
     @property
-    def receive(self) -> ContainerStream:
-        return self.stream
+    def receive(self) -> ByteStream:
+        return self.channel or self.stream
 
     @property
-    def send(self) -> ContainerStream:
-        return self.stream
+    def send(self) -> ByteStream:
+        return self.channel or self.stream
+
+    async def watch(self) -> None:
+        """With the channel on its socket, the attached stream holds only the agent's stderr,
+        which ContainerStream logs: read until it ends."""
+        if self.channel is None:
+            return
+        try:
+            while True:
+                await self.stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
 
     async def destroy(self) -> None:
         if self._destroyed:
@@ -101,6 +116,8 @@ class DockerAgent:
                 await anyio.to_thread.run_sync(remove_container, self.client, self.container_id)
             finally:
                 await self.stream.aclose()
+                if self.channel is not None:
+                    await self.channel.aclose()
 
 
 class DockerBackend:
@@ -124,6 +141,11 @@ class DockerBackend:
         self._image: str | None = None
         self._image_lock = anyio.Lock()
         self._bundle: bytes | None = None
+        # The channel goes past the engine where the engine can bind this machine's sockets:
+        # a local engine; not gVisor, which refuses to connect to the host's.
+        self._past_engine = (
+            settings.docker_channel == "auto" and engine_address().startswith("unix://") and settings.runtime != "runsc"
+        )
 
     async def image(self) -> str:
         """The sandbox image, present on the engine (pulled on first use if needed)."""
@@ -142,9 +164,20 @@ class DockerBackend:
         # The image's environment is only known inside the container: the agent puts it below ours.
         agent_config = config.for_agent(spec.sandbox_id, WORKSPACE, spec.env, state_dir=STATE_DIR, inherit_env=True)
         network = spec.network and self.settings.network
-        with anyio.CancelScope(shield=True):  # a cancel must not lose track of a created container
-            container_id = await anyio.to_thread.run_sync(self._create, spec, image, agent_config, network)
+        listener = ChannelSocket(spec.sandbox_id) if self._past_engine else None
+        if listener is not None:
+            agent_config.update(channel_config())
+        try:
+            with anyio.CancelScope(shield=True):  # a cancel must not lose track of a created container
+                container_id = await anyio.to_thread.run_sync(
+                    self._create, spec, image, agent_config, network, [listener.bind] if listener else []
+                )
+        except BaseException:
+            if listener is not None:
+                listener.close()
+            raise
         stream: ContainerStream | None = None
+        channel: ByteStream | None = None
         try:
             sock = await anyio.to_thread.run_sync(self._attach_and_start, container_id, image)
             # The manager's hello is the agent's first request; an agent that cannot run in this
@@ -155,13 +188,17 @@ class DockerBackend:
                 "which needs python3 >= 3.8",
             )
             await self._send_bundle(stream, self._bundle, image)
+            if listener is not None:
+                channel = await listener.take(stream, image)
         except BaseException:
             with anyio.CancelScope(shield=True):
+                if listener is not None:
+                    listener.close()
                 await anyio.to_thread.run_sync(remove_container, self.client, container_id)
                 if stream is not None:
                     await stream.aclose()
             raise
-        return DockerAgent(stream, self.client, container_id, self.isolation)
+        return DockerAgent(stream, self.client, container_id, self.isolation, channel=channel)
 
     async def _send_bundle(self, stream: ContainerStream, bundle: bytes, image: str) -> None:
         """Send the agent down the container's stdin; a container that is gone already could not
@@ -185,7 +222,9 @@ class DockerBackend:
             + "; the image needs python3 >= 3.8",
         )
 
-    def _create(self, spec: SandboxSpec, image: str, agent_config: dict[str, Any], network: bool) -> str:
+    def _create(
+        self, spec: SandboxSpec, image: str, agent_config: dict[str, Any], network: bool, binds: list[str]
+    ) -> str:
         s = self.settings
         api = self.client.api
         host_config = api.create_host_config(
@@ -202,7 +241,7 @@ class DockerBackend:
             memswap_limit=parse_size(s.memory),  # no swap on top of the memory limit
             nano_cpus=int(s.cpus * 1e9),
             runtime=s.runtime,
-            binds=[str(m) for m in s.mounts],  # HOST:SANDBOX:ro|rw, as Docker writes them
+            binds=[str(m) for m in s.mounts] + binds,  # HOST:SANDBOX:ro|rw, as Docker writes them
             # The agent's stdout is the channel: with a log driver the engine would also write
             # every byte of it (files read, command output) to a log on its disk, and at a fraction
             # of the speed. Attaching works without one.

@@ -98,6 +98,9 @@ class LocalAgent:
     def send(self) -> ByteSendStream:
         return self.to_agent
 
+    async def watch(self) -> None:
+        """Nothing to read beside the channel."""
+
     async def destroy(self) -> None:
         with anyio.CancelScope(shield=True):
             if self.process.returncode is None:
