@@ -3,15 +3,17 @@
 A sandbox's container is created with its stdin, stdout and stderr attached before it starts, and
 the agent package is sent down its stdin as the first thing (no ``put_archive``, which costs a
 sizeable part of a start, and a remote engine works too); the agent then runs as the container's
-main process (pid 1) and that one attached socket is the whole channel, so an ``exec`` is one round
-trip on an open connection, never a ``docker exec``. The container has ``StdinOnce`` set: when the
-server's end of the socket closes, even because the server was killed, the engine closes the
-agent's stdin, the agent exits with everything it started, and the engine removes the container
-(``auto_remove``). Every container is labelled with the server instance that owns it, and a server
-removes at start what servers that are gone left behind.
+main process (pid 1) and one connection is the whole channel, so an ``exec`` is one round trip on
+an open connection, never a ``docker exec``: a unix socket past the engine where the engine is
+local (docker_channel.py), else that attached socket. The container has ``StdinOnce`` set: when
+the server's end of the channel closes, even because the server was killed, the agent reads its
+end (on the socket, or the engine closes its stdin), exits with everything it started, and the
+engine removes the container (``auto_remove``). Every container is labelled with the server
+instance that owns it, and a server removes at start what servers that are gone left behind.
 
 The parts: ``docker_engine`` (finding and connecting to the engine), ``docker_images``,
-``docker_stream`` (the attached socket's framing), ``ownership`` (which server owns a container),
+``docker_stream`` (the attached socket's framing), ``docker_channel`` (the socket past the
+engine), ``ownership`` (which server owns a container),
 and ``agent.bundle`` (what is sent down stdin first); this module creates, starts and removes the
 containers.
 """
@@ -37,8 +39,8 @@ from ..sizes import parse_size
 from .base import AgentConfig, SandboxSpec
 from .docker_engine import PROBE_TIMEOUT, connect, engine_address, engine_gone, probe, remove_container, sdk
 from .docker_images import FALLBACK_IMAGE, IMAGES_DIR, PROJECT_IMAGE, build_image, resolve_image
+from .docker_channel import AGENT_CONFIG as CHANNEL_CONFIG
 from .docker_channel import ChannelSocket
-from .docker_channel import agent_config as channel_config
 from .docker_stream import ContainerStream, wrap_attach_socket
 from .ownership import owner_alive, server_instance
 
@@ -166,7 +168,7 @@ class DockerBackend:
         network = spec.network and self.settings.network
         listener = ChannelSocket(spec.sandbox_id) if self._past_engine else None
         if listener is not None:
-            agent_config.update(channel_config())
+            agent_config.update(CHANNEL_CONFIG)
         try:
             with anyio.CancelScope(shield=True):  # a cancel must not lose track of a created container
                 container_id = await anyio.to_thread.run_sync(

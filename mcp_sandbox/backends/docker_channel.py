@@ -22,7 +22,6 @@ nothing else: the mount is read-only and holds nothing.
 from __future__ import annotations
 
 import atexit
-import os
 import shutil
 import socket
 import tempfile
@@ -36,6 +35,7 @@ from .docker_stream import ContainerStream, PolledSocketStream
 MOUNT = "/.mcp-sandbox-channel"  # where the agent finds the socket (a directory of its own)
 SOCKET = "agent.sock"
 ON_SOCKET, ON_PIPES = b"S", b"P"  # the agent's first byte on stdout
+AGENT_CONFIG = {"channel_socket": f"{MOUNT}/{SOCKET}"}  # what tells the agent to try it (api.Config)
 CONNECT_TIMEOUT = 60.0  # for the agent to start and say which way it talks (as the manager's hello)
 
 _root: Path | None = None
@@ -100,8 +100,3 @@ class ChannelSocket:
     def close(self) -> None:
         self._listener.close()
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def agent_config() -> dict[str, str]:
-    """What tells the agent to try the socket (api.Config's channel_socket)."""
-    return {"channel_socket": os.path.join(MOUNT, SOCKET)}
