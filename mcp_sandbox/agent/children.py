@@ -63,6 +63,19 @@ class Children:
         # pid -> its Popen, the future of its exit code, and its job's cgroup (if any)
         self._waiting: Dict[int, Tuple["subprocess.Popen[bytes]", "asyncio.Future[int]", Optional[str]]] = {}
 
+    @property
+    def unreaped(self) -> int:
+        """How many of the processes the agent started are not reaped yet."""
+        return len(self._waiting)
+
+    def records(self) -> Dict[str, Any]:
+        """What a rest keeps (saved_state.py): the job cgroups' records, if there are cgroups."""
+        return {"jobs": None if self._jobs is None else self._jobs.records()}
+
+    def restore(self, state: Dict[str, Any]) -> None:
+        if self._jobs is not None and state["jobs"] is not None:
+            self._jobs.restore(state["jobs"])
+
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         prctl(_PR_SET_CHILD_SUBREAPER, 1)
         loop.add_signal_handler(signal.SIGCHLD, self._reap)

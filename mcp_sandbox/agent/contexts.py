@@ -105,6 +105,13 @@ class Contexts:
         self._serial = 0  # numbers workers and runs, for tags and spill files
         self._tasks = TaskSet()  # progress of runs
 
+    def records(self) -> Dict[str, Any]:
+        """What a rest keeps (saved_state.py; none rests with a context): the id and run counters."""
+        return {"context_ids": [self._ids.count, self._serial]}
+
+    def restore(self, state: Dict[str, Any]) -> None:
+        self._ids.count, self._serial = state["context_ids"]
+
     # -- the handlers ------------------------------------------------------------------------------
 
     async def create(self, params: Dict[str, Any]) -> Dict[str, Any]:

@@ -121,6 +121,18 @@ class Files:
         self._reads: "OrderedDict[str, IO[bytes]]" = OrderedDict()
         self._handles = Ids("h%d")
 
+    @property
+    def busy(self) -> bool:
+        """Whether a transfer is open (the agent does not rest meanwhile)."""
+        return bool(self._writes or self._reads)
+
+    def records(self) -> Dict[str, Any]:
+        """What a rest keeps (saved_state.py): the handle counter, so that no handle comes twice."""
+        return {"file_handles": self._handles.count}
+
+    def restore(self, state: Dict[str, Any]) -> None:
+        self._handles.count = state["file_handles"]
+
     # -- paths ---------------------------------------------------------------------------------
 
     def resolve(self, params: Dict[str, Any], key: str = "path", default: Optional[str] = None) -> str:

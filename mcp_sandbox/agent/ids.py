@@ -14,12 +14,12 @@ class Ids:
 
     def __init__(self, pattern: str) -> None:
         self._pattern = pattern
-        self._count = 0
+        self.count = 0  # how many were minted: kept through a rest, so that no id comes twice
 
     def mint(self, taken: Container[str] = ()) -> str:
         while True:
-            self._count += 1
-            value = self._pattern % self._count
+            self.count += 1
+            value = self._pattern % self.count
             if value not in taken:
                 return value
 

@@ -15,7 +15,7 @@ import errno
 import os
 import signal
 import time
-from typing import Dict, List, Set, Tuple
+from typing import Any, Dict, List, Set, Tuple
 
 # How a bash -c script enters its job's cgroup itself, as its first command; nothing of the
 # sandbox's runs before it (the bash gets --noprofile --norc and no BASH_ENV). Writing 0 moves the
@@ -35,6 +35,13 @@ class Jobs:
         self._serial = 0
         self._tags: Dict[str, str] = {}  # cgroup name -> the job's tag
         self._finished: Dict[str, bool] = {}  # cgroup name -> its first process has exited
+
+    def records(self) -> Dict[str, Any]:
+        """The jobs' numbering and the cgroups still known, kept through a rest (saved_state.py)."""
+        return {"serial": self._serial, "tags": self._tags, "finished": self._finished}
+
+    def restore(self, saved: Dict[str, Any]) -> None:
+        self._serial, self._tags, self._finished = saved["serial"], saved["tags"], saved["finished"]
 
     def open(self, tag: str) -> Tuple[str, int]:
         """Make the cgroup of a new job: its name and a descriptor of its ``cgroup.procs``, where a

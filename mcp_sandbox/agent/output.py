@@ -12,7 +12,7 @@ import asyncio
 import codecs
 import os
 from collections import deque
-from typing import Any, Deque, Dict, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from .protocol import Request
 
@@ -162,6 +162,13 @@ class Spills:
             _, _, path = capture.finish()
             if path is not None:
                 remove_file(path)
+
+    def records(self) -> List[str]:
+        """The spill files kept, oldest first: a rest keeps the list (saved_state.py)."""
+        return list(self._kept)
+
+    def restore(self, kept: List[str]) -> None:
+        self._kept = deque(kept)
 
     def _keep(self, path: str) -> None:
         self._kept.append(path)

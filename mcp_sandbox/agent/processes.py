@@ -25,6 +25,7 @@ from .children import Children
 from .keys import key_bytes
 from .line_scanner import LineScanner
 from .output import render_log
+from .process import Process
 from .pipes import write_when_ready
 from .protocol import AgentError
 from .ids import Ids, check_id
@@ -38,89 +39,6 @@ STATUSES = ("running", "completed", "failed", "killed", "error")
 KILL_GRACE = 5.0
 POLL_INTERVAL = 0.05
 DEFAULT_WAIT = 30.0
-
-
-class Process:
-    def __init__(self, process_id: str, command: str, session_id: str, stem: str) -> None:
-        self.id = process_id
-        self.command = command
-        self.session_id = session_id
-        self.tag = "proc:%s;" % process_id
-        self.stdout_path = stem + ".stdout"
-        self.stderr_path = stem + ".stderr"
-        self.pid: Optional[int] = None
-        self.status = "running"
-        self.exit_code: Optional[int] = None
-        self.signal: Optional[str] = None
-        self.error: Optional[str] = None
-        self.started_at = time.time()
-        self.ended_at: Optional[float] = None
-        self.stdin_fd: Optional[int] = None
-        self.terminal: Optional[Terminal] = None  # with tty=true; its stream is the stdout log
-        self.stdin_lock = asyncio.Lock()
-        self.kill_requested = False
-        self.ended: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
-
-    @property
-    def running(self) -> bool:
-        return self.status == "running"
-
-    def fail_to_start(self, message: str) -> None:
-        self.status = "error"
-        self.error = message
-        self._end()
-
-    def exited(self, code: int) -> None:
-        """Record how the process ended (``code`` negative for a signal, as Popen reports it)."""
-        if code < 0:
-            try:
-                self.signal = signal.Signals(-code).name
-            except ValueError:
-                self.signal = "SIG%d" % -code
-            self.exit_code = 128 - code
-        else:
-            self.exit_code = code
-        if self.kill_requested:
-            self.status = "killed"
-        elif code == 0:
-            self.status = "completed"
-        else:
-            self.status = "failed"
-        self._end()
-
-    def _end(self) -> None:
-        self.ended_at = time.time()
-        if not self.stdin_lock.locked():  # else the writer closes it, once it stops using the fd
-            self.close_stdin()
-        if not self.ended.done():
-            self.ended.set_result(None)
-
-    def close_stdin(self) -> None:
-        if self.stdin_fd is not None:
-            try:
-                os.close(self.stdin_fd)
-            except OSError:
-                pass
-            self.stdin_fd = None
-
-    def info(self) -> Dict[str, Any]:
-        return {
-            "process_id": self.id,
-            "pid": self.pid,
-            "command": self.command,
-            "session_id": self.session_id,
-            "status": self.status,
-            "exit_code": self.exit_code,
-            "signal": self.signal,
-            "error": self.error,
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            "stdout_file": self.stdout_path,
-            "stderr_file": self.stderr_path,
-            "tty": self.terminal is not None,
-            "cols": self.terminal.cols if self.terminal is not None else None,
-            "rows": self.terminal.rows if self.terminal is not None else None,
-        }
 
 
 class Processes:
@@ -139,6 +57,17 @@ class Processes:
         self._ids = Ids("proc-%d")
         self._escalations = TaskSet()
         self._drains = TaskSet()
+
+    def records(self) -> Dict[str, Any]:
+        """What a rest keeps (saved_state.py, which rests only when none runs): the id counter and
+        the ended processes' records."""
+        return {"process_ids": self._ids.count, "processes": [p.record() for p in self.processes.values()]}
+
+    def restore(self, state: Dict[str, Any]) -> None:
+        self._ids.count = state["process_ids"]
+        for saved in state["processes"]:
+            process = Process.from_record(saved)
+            self.processes[process.id] = process
 
     def get(self, process_id: Optional[str]) -> Process:
         process = self.processes.get(process_id or "")

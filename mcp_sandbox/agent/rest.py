@@ -99,7 +99,7 @@ async def rest_when_idle(after: float, parts: Parts, connection: Connection, exe
 
 def nothing_live(parts: Parts, connection: Connection, executor: Executor, own: Tasks) -> bool:
     current = asyncio.current_task()
-    if not connection.quiet() or executor.busy or parts.children._waiting:
+    if not connection.quiet() or executor.busy or parts.children.unreaped:
         return False
     if any(task is not current and task not in own for task in asyncio.all_tasks()):
         return False  # a request, a stream's pump, a kill's escalation, a command's progress...
@@ -112,7 +112,7 @@ def nothing_live(parts: Parts, connection: Connection, executor: Executor, own: 
         return False
     if any(contexts.contexts for contexts in parts.contexts):
         return False
-    if any(files._writes or files._reads for files in parts.files):
+    if any(files.busy for files in parts.files):
         return False
     return alone()
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import subprocess
 import time
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
@@ -37,55 +36,14 @@ from .children import Children, spawn_error
 from .pipes import PipeReader, make_pipe, write_and_close
 from .protocol import AgentError, Request
 from .shell_state import Options, ShellState, check_env
+from .standby import Standby
 from .tasks import TaskSet
 
 TIMEOUT_EXIT_CODE = 124
-_PIPE_MIN_BUFFER = 65536  # what any pipe holds: a write this big never blocks on an empty pipe
 # A session that ran nothing for this long keeps no standby bash (see Sessions.rest).
 STANDBY_IDLE = 60.0
-
-
-class Standby:
-    """A bash that restored one generation of a session's state and waits for its command."""
-
-    def __init__(
-        self,
-        pid: int,
-        exited: "asyncio.Future[int]",
-        number: int,
-        cwd_id: Optional[Tuple[int, int]],
-        command_fd: int,
-        out_fds: Dict[str, int],
-    ) -> None:
-        self.pid = pid
-        self.exited = exited
-        self.number = number
-        self.cwd_id = cwd_id
-        self.command_fd = command_fd
-        self.out_fds = out_fds
-
-    def go(self, text: str, tasks: TaskSet) -> None:
-        """Hand it its command: write the text into the pipe it sources, then close the pipe."""
-        data = text.encode("utf-8", "surrogateescape")
-        if len(data) <= _PIPE_MIN_BUFFER:
-            os.write(self.command_fd, data)
-            os.close(self.command_fd)
-        else:  # the standby reads while a thread writes
-            tasks.in_thread(write_and_close, self.command_fd, data)
-        self.command_fd = -1
-
-    def discard(self) -> None:
-        """Kill it (it started nothing yet: one process, its own group) and close its pipes."""
-        if not self.exited.done():
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except OSError:
-                pass
-        for fd in (self.command_fd, *self.out_fds.values()):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+# What a rest keeps of a session: the first four make it, the others are set on it.
+_SAVED = ("id", "dir", "cwd", "timeout", "generation", "opts", "created_at", "last_used_at", "commands")
 
 
 class Session(ShellState):
@@ -101,6 +59,17 @@ class Session(ShellState):
         self.running: Optional["asyncio.Task[Any]"] = None
         self.commands = 0
         self.standby: Optional[Standby] = None
+
+    def record(self) -> Dict[str, Any]:
+        """What a rest keeps of the session (saved_state.py): its shell state is in files already."""
+        return {name: getattr(self, name) for name in _SAVED}
+
+    @classmethod
+    def from_record(cls, saved: Dict[str, Any]) -> "Session":
+        session = cls(saved["id"], saved["dir"], saved["cwd"], saved["timeout"])
+        for name in _SAVED[4:]:
+            setattr(session, name, saved[name])
+        return session
 
     def info(self) -> Dict[str, Any]:
         return {
@@ -137,6 +106,23 @@ class Sessions:
         self._closed = False
         if create_default:  # else the sessions come back from before a rest (saved_state.py)
             self.create({"session_id": "default"})
+
+    def records(self) -> Dict[str, Any]:
+        """What a rest keeps (saved_state.py): the id counter, each session's record and the spill
+        files kept."""
+        return {
+            "session_ids": self._ids.count,
+            "sessions": [session.record() for session in self.sessions.values()],
+            "spills": self._spills.records(),
+        }
+
+    def restore(self, state: Dict[str, Any]) -> None:
+        """Take back what ``records`` kept (into Sessions made without a default)."""
+        self._ids.count = state["session_ids"]
+        for saved in state["sessions"]:
+            session = Session.from_record(saved)
+            self.sessions[session.id] = session
+        self._spills.restore(state["spills"])
 
     def resolve_dir(self, path: Optional[str], base: Optional[str] = None) -> str:
         """An existing directory, relative paths taken from ``base`` (default: the workspace)."""

@@ -156,6 +156,13 @@ class Streams:
         self.listeners: List[Tuple[asyncio.Server, str]] = []
         self._next_id = 0  # even: the agent's own
 
+    def records(self) -> Dict[str, Any]:
+        """What a rest keeps (saved_state.py): the last stream id minted, so that none comes twice."""
+        return {"stream_id": self._next_id}
+
+    def restore(self, state: Dict[str, Any]) -> None:
+        self._next_id = state["stream_id"]
+
     def notifications(self) -> Dict[str, Callable[[Dict[str, Any]], None]]:
         return {
             Stream.DATA: lambda p: self._to(p, lambda s: s.receive(p["data"])),

@@ -78,12 +78,17 @@ class Terminal:
         self._grew: "asyncio.Future[None]" = self._loop.create_future()
         self._typing = asyncio.Lock()
 
+    def record(self) -> List[Any]:
+        """What a rest keeps of the terminal of an ended process (saved_state.py): its figures."""
+        return [self.cols, self.rows, self.size, self.sizes]
+
     @classmethod
-    def ended(cls, cols: int, rows: int, size: int, sizes: List[Tuple[int, int, int]]) -> "Terminal":
-        """The closed terminal of a process that ended before the agent rested (saved_state.py):
-        all it still answers comes from its log and these figures."""
+    def ended(cls, record: List[Any]) -> "Terminal":
+        """The closed terminal of a process that ended before the agent rested, from its
+        ``record``: all it still answers comes from its log and these figures."""
         self = cls.__new__(cls)
-        self.cols, self.rows, self.size, self.sizes = cols, rows, size, sizes
+        self.cols, self.rows, self.size, sizes = record
+        self.sizes = [(offset, cols, rows) for offset, cols, rows in sizes]
         self.application_cursor = False
         self._recent = b""
         self._loop = asyncio.get_running_loop()
