@@ -65,8 +65,10 @@ def resting(pid: int) -> bool:
 
 
 def private_kib(pid: int) -> int:
+    """The process's anonymous memory: its own for sure. (Its private clean pages are also the
+    interpreter's file pages whenever no other process happens to map them.)"""
     with open(f"/proc/{pid}/smaps_rollup") as f:
-        return sum(int(line.split()[1]) for line in f if line.startswith(("Private_Dirty:", "Private_Clean:")))
+        return sum(int(line.split()[1]) for line in f if line.startswith("Anonymous:"))
 
 
 async def rests(pid: int, seconds: float = 15) -> bool:
@@ -90,7 +92,7 @@ async def test_a_resting_agent_wakes_with_all_of_its_state(isolated: str, tmp_pa
 
         assert await rests(pid), "the agent never rested"
         at_rest = private_kib(pid)
-        assert at_rest < awake * 0.6, (awake, at_rest)
+        assert at_rest < awake * 0.5, (awake, at_rest)
 
         r = await mcp.sh('pwd; echo "$KEPT|$SET"; f 1; echo "$SHELLOPTS"; cat note.txt')
         assert r["stdout"].splitlines()[:3] == ["/tmp/here", "a b|by set_env_vars", "fn 1"]
