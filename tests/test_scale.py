@@ -29,6 +29,11 @@ def scale_run(backend: str, sandboxes: int, callers: int, execs: int) -> dict[st
     return figures
 
 
+def per_sandbox_kb(figures: dict[str, Any]) -> float:
+    """How much the server grew per sandbox after its first."""
+    return float(figures["server_rss_kb"] - figures["server_rss_one_kb"]) / (figures["created"] - 1)
+
+
 @pytest.mark.timeout(300)
 def test_fifty_local_sandboxes_at_once_each_small_and_all_answering() -> None:
     figures = scale_run("bwrap", 50, 10, 200)
@@ -38,6 +43,7 @@ def test_fifty_local_sandboxes_at_once_each_small_and_all_answering() -> None:
     assert max(figures["pss_kb"]) < 24 * 1024, figures["pss_kb"]
     assert figures["processes"] <= 6
     assert figures["server_rss_kb"] < 250 * 1024
+    assert per_sandbox_kb(figures) < 400, figures  # about 50-70 KB; a buffer of 1 MiB per sandbox shows
     # No thread per sandbox (asyncio's child watcher before 3.12 had one per child process).
     assert figures["server_threads"] < 20, figures["server_threads"]
     assert figures["exec_p99_ms"] < 10_000
@@ -57,6 +63,7 @@ def test_ten_docker_sandboxes_at_once() -> None:
     assert len(figures["pss_kb"]) == 10
     assert max(figures["pss_kb"]) < 48 * 1024, figures["pss_kb"]
     assert figures["server_rss_kb"] < 250 * 1024
+    assert per_sandbox_kb(figures) < 400, figures  # about 50-70 KB; a buffer of 1 MiB per sandbox shows
 
 
 # Run in its own interpreter: the agent's components install a SIGCHLD handler and make their

@@ -100,9 +100,10 @@ class DockerAgent:
         which ContainerStream logs: read until it ends."""
         if self.channel is None:
             return
+        view = memoryview(bytearray(4096))  # small: every sandbox waits on it all its life
         try:
             while True:
-                await self.stream.receive()
+                await self.stream.receive_into(view)
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
 
