@@ -15,8 +15,8 @@ Who can reach the socket: the server accepts one connection, the agent's (nothin
 the container before the agent has connected), then closes the listener and removes the socket
 and its directory. The directory lies in a directory of the server's own, mode 0700, so no other
 user of this machine can reach it either; inside the container the mount is its own root, so the
-agent reaches it as any user. Code in the sandbox can see the empty mount point afterwards, and
-nothing else: the mount is read-only and holds nothing.
+agent reaches it as any user. Code in the sandbox finds afterwards only the read-only mount point
+of a directory that no longer exists.
 """
 
 from __future__ import annotations
