@@ -18,21 +18,11 @@ from mcp_sandbox.backends import docker_channel
 from mcp_sandbox.manager import SandboxManager
 
 from .conftest import require_backend, settings_for
+from .test_docker import backend, client  # noqa: F401  (the fixtures: Docker only, and its client)
 
 pytestmark = pytest.mark.anyio
 
 BIG = os.urandom(3 << 20)
-
-
-@pytest.fixture
-def backend() -> str:
-    require_backend("docker")
-    return "docker"
-
-
-@pytest.fixture
-def client(backend: str) -> Any:
-    return docker_backend.connect()
 
 
 def container_of(client: Any, sandbox_id: str) -> dict[str, Any]:
