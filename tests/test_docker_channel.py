@@ -85,3 +85,40 @@ async def test_an_agent_that_cannot_reach_the_socket_talks_through_the_engine(tm
         backend._past_engine = True
         sandbox = await round_trip(manager)
         assert sandbox.handle.channel is None
+
+
+async def test_no_socket_where_none_can_be_made(
+    manager_factory: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A temporary directory so deep that a socket's path does not fit: the engine carries the
+    channel, and the log says why."""
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir(mode=0o700)
+    monkeypatch.setattr(docker_channel, "_root", deep)
+    async with manager_factory() as manager:
+        sandbox = await round_trip(manager)
+        assert sandbox.handle.channel is None
+        assert "goes through the Docker engine from now on" in caplog.text
+
+
+async def test_a_mount_the_engine_refuses_leaves_the_channel_in_the_engine(
+    manager_factory: Any, client: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An engine that cannot mount the server's directory (one in a VM that does not share it)
+    fails the container's start: it is removed and started again without the socket, and the
+    sandboxes after it do without it from the start."""
+    root = tmp_path / "channels"
+    root.mkdir(mode=0o700)
+    (root / "a-file").write_text("")  # what the engine is asked to mount is below a file
+    monkeypatch.setattr(docker_channel, "_root", root)
+    monkeypatch.setattr(docker_channel.ChannelSocket, "bind",
+                        property(lambda self: f"{self.directory.parent}/a-file/x:{docker_channel.MOUNT}:ro"))
+    async with manager_factory() as manager:
+        first = await round_trip(manager)
+        second = await round_trip(manager)
+        assert first.handle.channel is None and second.handle.channel is None
+        assert caplog.text.count("goes through the Docker engine from now on") == 1
+        ours = client.api.containers(all=True, filters={"label": f"{docker_backend.LABEL_SERVER}={docker_backend.server_instance()}"})
+        assert sorted(c["Labels"][docker_backend.LABEL_SANDBOX] for c in ours) == sorted([first.id, second.id])
+        assert list(root.iterdir()) == [root / "a-file"]  # the refused socket's directory is gone too

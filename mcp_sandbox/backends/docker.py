@@ -166,22 +166,34 @@ class DockerBackend:
             self._bundle = await anyio.to_thread.run_sync(write_bundle)
         # The image's environment is only known inside the container: the agent puts it below ours.
         agent_config = config.for_agent(spec.sandbox_id, WORKSPACE, spec.env, state_dir=STATE_DIR, inherit_env=True)
-        network = spec.network and self.settings.network
-        listener = ChannelSocket(spec.sandbox_id) if self._past_engine else None
-        if listener is not None:
-            agent_config.update(CHANNEL_CONFIG)
+        listener = self._channel_socket()
         try:
-            with anyio.CancelScope(shield=True):  # a cancel must not lose track of a created container
-                container_id = await anyio.to_thread.run_sync(
-                    self._create, spec, image, agent_config, network, [listener.bind] if listener else []
-                )
-        except BaseException:
-            if listener is not None:
-                listener.close()
-            raise
+            return await self._launch(spec, image, agent_config, listener)
+        except SandboxError as exc:
+            if listener is None or str(listener.directory.parent) not in exc.message:
+                raise
+            # The engine could not mount our directory (it runs in a VM that does not share it):
+            # the attached stream it is, for this sandbox and the next ones.
+            self._channel_refused(exc.message)
+            return await self._launch(spec, image, agent_config, None)
+
+    async def _launch(
+        self, spec: SandboxSpec, image: str, agent_config: dict[str, Any], listener: ChannelSocket | None
+    ) -> DockerAgent:
+        """Create and start the container, send the agent, and take its channel: with ``listener``
+        the socket's directory is mounted and the agent told to connect. Whatever fails, nothing
+        is left: the container is removed and the listener closed."""
+        assert self._bundle is not None
+        network = spec.network and self.settings.network
+        if listener is not None:
+            agent_config = {**agent_config, **CHANNEL_CONFIG}
+        binds = [listener.bind] if listener is not None else []
         stream: ContainerStream | None = None
         channel: ByteStream | None = None
+        container_id = ""  # until created
         try:
+            with anyio.CancelScope(shield=True):  # a cancel must not lose track of a created container
+                container_id = await anyio.to_thread.run_sync(self._create, spec, image, agent_config, network, binds)
             sock = await anyio.to_thread.run_sync(self._attach_and_start, container_id, image)
             # The manager's hello is the agent's first request; an agent that cannot run in this
             # image ends before answering it, and the stream then says why in the server log.
@@ -197,11 +209,26 @@ class DockerBackend:
             with anyio.CancelScope(shield=True):
                 if listener is not None:
                     listener.close()
-                await anyio.to_thread.run_sync(remove_container, self.client, container_id)
+                if container_id:
+                    await anyio.to_thread.run_sync(remove_container, self.client, container_id)
                 if stream is not None:
                     await stream.aclose()
             raise
         return DockerAgent(stream, self.client, container_id, self.isolation, channel=channel)
+
+    def _channel_socket(self) -> ChannelSocket | None:
+        """A sandbox's socket past the engine, where the engine is local and one can be made."""
+        if not self._past_engine:
+            return None
+        try:
+            return ChannelSocket()
+        except OSError as exc:  # e.g. a temporary directory too deep for a socket's path
+            self._channel_refused(f"no socket could be made for it ({exc})")
+            return None
+
+    def _channel_refused(self, why: str) -> None:
+        self._past_engine = False
+        logger.warning("the agents' channel goes through the Docker engine from now on: %s", why)
 
     async def _send_bundle(self, stream: ContainerStream, bundle: bytes, image: str) -> None:
         """Send the agent down the container's stdin; a container that is gone already could not

@@ -45,7 +45,7 @@ def _server_dir() -> Path:
     """This server's directory of sockets, mode 0700; removed when the server exits."""
     global _root
     if _root is None:
-        _root = Path(tempfile.mkdtemp(prefix="mcp-sandbox-channels-"))
+        _root = Path(tempfile.mkdtemp(prefix="mcp-sandbox-"))
         atexit.register(shutil.rmtree, _root, True)
     return _root
 
@@ -53,8 +53,9 @@ def _server_dir() -> Path:
 class ChannelSocket:
     """A sandbox's listening socket, until the agent has connected to it."""
 
-    def __init__(self, sandbox_id: str) -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix=f"{sandbox_id}-", dir=_server_dir()))
+    def __init__(self) -> None:
+        # Short names: a socket's path has room for 107 bytes, and temporary directories can be deep.
+        self.directory = Path(tempfile.mkdtemp(prefix="", dir=_server_dir()))
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             # 0711 and 0666: the agent may run as any user of the image (or a remapped root).
