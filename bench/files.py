@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import shutil
 import sys
 import tarfile
 import tempfile
@@ -34,11 +35,19 @@ from .harness import (
 )
 
 
-def settings_for(backend: str) -> Settings:
+@asynccontextmanager
+async def manager_for(backend: str) -> AsyncIterator[SandboxManager]:
+    """A SandboxManager in this process, on a workspace root of its own, removed afterwards."""
     root = Path(tempfile.gettempdir()) / f"mcp-sandbox-bench-{uuid.uuid4().hex[:8]}"
     if backend == "docker":
-        return Settings(backend="docker", workspace_root=root, image=os.environ.get("MCP_SANDBOX_IMAGE"))
-    return Settings(backend="local", isolation=backend, workspace_root=root)
+        settings = Settings(backend="docker", workspace_root=root, image=os.environ.get("MCP_SANDBOX_IMAGE"))
+    else:
+        settings = Settings(backend="local", isolation=backend, workspace_root=root)
+    try:
+        async with SandboxManager(settings) as manager:
+            yield manager
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 async def small_file_over_mcp(report: Report, cfg: Config, backend: str) -> None:
@@ -64,7 +73,7 @@ async def big_file(report: Report, cfg: Config, backend: str) -> None:
     data = os.urandom(cfg.big_file_bytes)
     size = f"{cfg.big_file_bytes >> 20} MiB"
     runs = max(1, cfg.sandbox_runs // 2)
-    async with SandboxManager(settings_for(backend)) as manager, floor_for(cfg, backend, data) as floor_once:
+    async with manager_for(backend) as manager, floor_for(cfg, backend, data) as floor_once:
         sandbox = await manager.create()
         me = os.getpid()
         growth = 0.0
@@ -93,7 +102,7 @@ async def stream_download(report: Report, cfg: Config, backend: str) -> None:
     """Bytes from a TCP server in the sandbox through open_stream, beside the same bytes over a
     loopback TCP connection on the host, in turn."""
     size = cfg.big_file_bytes
-    async with SandboxManager(settings_for(backend)) as manager:
+    async with manager_for(backend) as manager:
         sandbox = await manager.create()
         await sandbox.write_file("source.py", SOURCE)
         started = await sandbox.start_process(f"python3 source.py {size}")

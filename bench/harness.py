@@ -7,6 +7,7 @@ thing it cannot beat: a bare bash spawn, a no-op MCP call, Docker's own API) and
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -171,8 +172,11 @@ async def mcp_sandbox(backend: str, *args: str) -> AsyncIterator[Server]:
         args=[*backend_args, "--workspace-root", str(root), "--log-level", "WARNING", *args],
         env={k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "MCP_SANDBOX_IMAGE")},
     )
-    async with Client(params) as client:
-        yield Server(client, find_pid(f"--workspace-root {root}"), root)
+    try:
+        async with Client(params) as client:
+            yield Server(client, find_pid(f"--workspace-root {root}"), root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # the server removed its sandboxes, not the root
 
 
 @asynccontextmanager

@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from mcp.client import Client
 
 from mcp_sandbox.backends import docker as docker_backend
 from mcp_sandbox.backends import docker_channel
@@ -19,6 +21,7 @@ from mcp_sandbox.manager import SandboxManager
 
 from .conftest import require_backend, settings_for
 from .test_docker import backend, client  # noqa: F401  (the fixtures: Docker only, and its client)
+from .test_docker import of_sandbox, server_params, server_pid, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -122,3 +125,19 @@ async def test_a_mount_the_engine_refuses_leaves_the_channel_in_the_engine(
         ours = client.api.containers(all=True, filters={"label": f"{docker_backend.LABEL_SERVER}={docker_backend.server_instance()}"})
         assert sorted(c["Labels"][docker_backend.LABEL_SANDBOX] for c in ours) == sorted([first.id, second.id])
         assert list(root.iterdir()) == [root / "a-file"]  # the refused socket's directory is gone too
+
+
+async def test_the_next_server_removes_the_socket_directory_of_a_killed_one(manager_factory: Any, client: Any,
+                                                                            tmp_path: Path) -> None:
+    with anyio.CancelScope() as scope:
+        async with Client(server_params(tmp_path)) as session:
+            created = await session.call_tool("create_sandbox", {})
+            assert created.structured_content is not None
+            pid = server_pid(tmp_path)
+            [left] = Path(tempfile.gettempdir()).glob(f"{docker_channel.PREFIX}srv-{pid}-*")
+            os.kill(pid, signal.SIGKILL)  # no atexit: its directory stays
+            assert wait_until(lambda: of_sandbox(client, created.structured_content["sandbox_id"]) == [])  # type: ignore[index]
+            scope.cancel()
+    assert left.is_dir()
+    async with manager_factory():
+        assert not left.exists()

@@ -41,6 +41,7 @@ from .docker_engine import PROBE_TIMEOUT, connect, engine_address, engine_gone, 
 from .docker_images import FALLBACK_IMAGE, IMAGES_DIR, PROJECT_IMAGE, build_image, resolve_image
 from .docker_channel import AGENT_CONFIG as CHANNEL_CONFIG
 from .docker_channel import ChannelSocket
+from .docker_channel import reap as reap_channel_dirs
 from .docker_stream import ContainerStream, wrap_attach_socket
 from .ownership import owner_alive, server_instance
 
@@ -331,6 +332,7 @@ class DockerBackend:
 
     async def reap_orphans(self) -> None:
         await anyio.to_thread.run_sync(self._reap)
+        await anyio.to_thread.run_sync(reap_channel_dirs)
 
     def _reap(self) -> None:
         """Remove containers whose server is gone (killed before it could clean up)."""

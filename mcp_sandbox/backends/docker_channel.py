@@ -22,8 +22,10 @@ of a directory that no longer exists.
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import socket
+import stat
 import tempfile
 from pathlib import Path
 
@@ -31,6 +33,7 @@ import anyio
 
 from ..errors import SandboxError
 from .docker_stream import ContainerStream, PolledSocketStream
+from .ownership import server_alive, server_name
 
 MOUNT = "/.mcp-sandbox-channel"  # where the agent finds the socket (a directory of its own)
 SOCKET = "agent.sock"
@@ -38,16 +41,33 @@ ON_SOCKET, ON_PIPES = b"S", b"P"  # the agent's first byte on stdout
 AGENT_CONFIG = {"channel_socket": f"{MOUNT}/{SOCKET}"}  # what tells the agent to try it (api.Config)
 CONNECT_TIMEOUT = 60.0  # for the agent to start and say which way it talks (as the manager's hello)
 
+PREFIX = "mcp-sandbox-"  # then this server's name and a random part: <tmp>/mcp-sandbox-srv-<pid>-<start>-xxxx
 _root: Path | None = None
 
 
 def _server_dir() -> Path:
-    """This server's directory of sockets, mode 0700; removed when the server exits."""
+    """This server's directory of sockets, mode 0700, named after the server (ownership.py); removed
+    when the server exits, else by the next server's reap."""
     global _root
     if _root is None:
-        _root = Path(tempfile.mkdtemp(prefix="mcp-sandbox-"))
+        _root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{server_name()}-"))
         atexit.register(shutil.rmtree, _root, True)
     return _root
+
+
+def reap() -> None:
+    """Remove the directories of servers that are gone (killed before their exit could)."""
+    top = Path(tempfile.gettempdir())
+    for path in top.glob(f"{PREFIX}srv-*"):
+        try:
+            info = path.lstat()
+        except OSError:
+            continue
+        name = path.name[len(PREFIX):].rsplit("-", 1)[0]  # srv-<pid>-<start time>
+        if name.endswith("-None"):
+            continue  # a host without /proc: whether that server runs cannot be told
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not server_alive(name):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class ChannelSocket:
