@@ -5,7 +5,6 @@ engine gave.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from collections.abc import Sequence
 from typing import Any
@@ -217,9 +216,10 @@ async def wrap_attach_socket(sock: Any) -> ByteStream:
     """Turn the SDK's attach socket into an anyio stream, natively where the loop can poll it."""
     inner = getattr(sock, "_sock", sock)
     if type(inner) is socket.socket:
-        # A duplicate descriptor of its own: the SDK's response object closes the original when
-        # it is collected.
-        own = socket.socket(fileno=os.dup(inner.fileno()))
+        # The descriptor taken over from the SDK's socket object, which then holds none: a copy
+        # would keep the original open until the SDK's response object is collected, which
+        # may be long after the container is gone (a connection to the engine each).
+        own = socket.socket(fileno=inner.detach())
         sock.close()
         return PolledSocketStream(own)
     return BlockingSocketStream(inner)
