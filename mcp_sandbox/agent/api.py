@@ -109,6 +109,9 @@ DEFAULT_SESSION_IDLE_TIMEOUT = 900.0
 DEFAULT_REST_AFTER = 300.0
 # Where the agent keeps its state (sessions, output spill files), as seen inside the sandbox.
 STATE_DIR = "/tmp/.mcp-sandbox"
+# Given a channel_socket (Config), the agent's first byte on stdout says which way it talks: over
+# that socket, or over stdin and stdout (backends/docker_channel.py).
+ON_SOCKET, ON_PIPES = b"S", b"P"
 
 
 class _ConfigRequired(TypedDict):

@@ -13,7 +13,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
-from .api import DEFAULT_REST_AFTER, DEFAULT_SESSION_IDLE_TIMEOUT, PROTOCOL_VERSION, Hello, Method
+from .api import DEFAULT_REST_AFTER, DEFAULT_SESSION_IDLE_TIMEOUT, ON_PIPES, ON_SOCKET, PROTOCOL_VERSION, Hello, Method
 from .children import _PR_SET_DUMPABLE, _PR_SET_PDEATHSIG, Children, prctl
 from .jobs import Jobs
 from .pipes import enlarge_pipe
@@ -77,7 +77,7 @@ def take_channel(config: Dict[str, Any]) -> Tuple[int, int]:
         for fd in (in_fd, out_fd):
             enlarge_pipe(fd)  # file chunks are ~1.4 MB lines: fewer round trips through a 64 KiB pipe
     if "channel_socket" in config:
-        os.write(1, b"P" if connected is None else b"S")  # which way: the host reads this first
+        os.write(1, ON_PIPES if connected is None else ON_SOCKET)  # which way: the host reads this first
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(2, 1)

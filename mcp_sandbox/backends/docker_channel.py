@@ -31,13 +31,13 @@ from pathlib import Path
 
 import anyio
 
+from ..agent.api import ON_PIPES, ON_SOCKET
 from ..errors import SandboxError
 from .docker_stream import ContainerStream, PolledSocketStream
 from .ownership import server_alive, server_name
 
 MOUNT = "/.mcp-sandbox-channel"  # where the agent finds the socket (a directory of its own)
 SOCKET = "agent.sock"
-ON_SOCKET, ON_PIPES = b"S", b"P"  # the agent's first byte on stdout
 AGENT_CONFIG = {"channel_socket": f"{MOUNT}/{SOCKET}"}  # what tells the agent to try it (api.Config)
 CONNECT_TIMEOUT = 60.0  # for the agent to start and say which way it talks (as the manager's hello)
 
